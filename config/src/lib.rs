@@ -1,0 +1,315 @@
+//! The nakama-edge configuration: one TOML file, validated whole, swapped whole.
+//!
+//! ```text
+//!   TOML text ──► schema (serde, every value with its span)
+//!                   │
+//!                   ▼
+//!                validate ──► Config (typed, defaults filled in)   ──► the proxy's snapshot
+//!                   │
+//!                   └──► ConfigError: every problem, with line and column
+//!
+//!   watch: notify on the file (and the TLS files it names) ──► the proxy re-reads
+//! ```
+//!
+//! * [`Config`] is what the proxy runs on: addresses resolved, durations parsed, CIDRs
+//!   compiled, enums instead of strings. An invalid file never becomes a `Config`.
+//! * [`Config::parse`] and [`Config::load`] return every problem at once
+//!   ([`ConfigError::Invalid`]), each with its line and column.
+//! * [`watch`] reports changes to files on disk, for hot reload.
+//!
+//! The schema is the one of `CONTRACT.md`; unknown keys are errors.
+
+mod duration;
+mod schema;
+mod validate;
+pub mod watch;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use duration::parse_duration;
+pub use ipnet::IpNet;
+
+/// The embedded development default, served by `nakama-edge run` without `-c`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+/// A validated configuration. Built only by [`Config::parse`] / [`Config::load`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Process-wide settings.
+    pub server: Server,
+    /// Where the edge listens.
+    pub listeners: Listeners,
+    /// Where the TLS certificate comes from.
+    pub certificates: CertificateSource,
+    /// The Nakama nodes, in file order; names are unique.
+    pub nodes: Vec<Node>,
+    /// Active health checking of the nodes.
+    pub health_check: HealthCheck,
+    /// How requests are spread over the nodes.
+    pub routing: Routing,
+    /// Who may connect.
+    pub firewall: Firewall,
+    /// Per-client budgets.
+    pub rate_limit: RateLimit,
+    /// Time limits.
+    pub timeouts: Timeouts,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    /// Worker threads.
+    pub threads: usize,
+    /// How long in-flight work may take to finish on shutdown or upgrade.
+    pub grace_period: Duration,
+}
+
+/// `[listeners]`. Changing any of these takes a restart (or `--upgrade`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listeners {
+    /// Players: HTTPS, WSS and gRPC over TLS.
+    pub https: Option<SocketAddr>,
+    /// Plain HTTP: ACME HTTP-01, and a redirect to https (or proxying, see `http_redirect`).
+    pub http: Option<SocketAddr>,
+    /// `true`: the http listener redirects to https; `false`: it proxies like https.
+    pub http_redirect: bool,
+    /// Admin API: metrics, health, nodes, drain.
+    pub admin: Option<SocketAddr>,
+    /// Optional console listener, for `firewall.console_allow` only.
+    pub console: Option<SocketAddr>,
+}
+
+/// Where the https listener's certificate comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CertificateSource {
+    /// `[tls]`: PEM files, re-read when they change.
+    Files {
+        /// Certificate chain, leaf first.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// `[acme]`: obtained and renewed automatically.
+    Acme(Acme),
+    /// Neither section: a self-signed certificate generated at start (development only).
+    SelfSigned,
+}
+
+/// `[acme]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acme {
+    /// Names on the certificate.
+    pub domains: Vec<String>,
+    /// The ACME directory URL.
+    pub directory: String,
+    /// Contact URLs (`mailto:`).
+    pub contact: Vec<String>,
+    /// How the CA validates control of the domains.
+    pub challenge: AcmeChallenge,
+    /// Where the account and certificates are kept.
+    pub state_dir: PathBuf,
+    /// A root certificate to trust for the ACME server itself.
+    pub directory_ca: Option<PathBuf>,
+}
+
+/// The ACME challenge type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// RFC 8737, answered on the https listener.
+    TlsAlpn01,
+    /// Answered on the http listener under `/.well-known/acme-challenge/`.
+    Http01,
+}
+
+/// One `[[nodes]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Unique name, used in metrics and the admin API.
+    pub name: String,
+    /// HTTP API and WebSocket address.
+    pub address: SocketAddr,
+    /// gRPC (h2c) address, if the node serves gRPC through the edge.
+    pub grpc: Option<SocketAddr>,
+    /// Console address, reachable only through `listeners.console`.
+    pub console: Option<SocketAddr>,
+    /// Relative share of round-robin traffic and of the hash ring (1 or more).
+    pub weight: u32,
+    /// `true`: no new requests or WebSockets.
+    pub drain: bool,
+}
+
+/// `[health_check]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Path requested with GET; 2xx is healthy.
+    pub path: String,
+    /// Time between checks of one node.
+    pub interval: Duration,
+    /// How long one check may take.
+    pub timeout: Duration,
+    /// Consecutive failures before a node is taken out.
+    pub unhealthy_threshold: u32,
+    /// Consecutive successes before a node is put back.
+    pub healthy_threshold: u32,
+}
+
+/// `[routing]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routing {
+    /// The path of Nakama's realtime socket.
+    pub websocket_path: String,
+    /// What a WebSocket is hashed on.
+    pub sticky_key: StickyKey,
+    /// How long WebSockets on a draining node may stay open.
+    pub drain_timeout: Duration,
+}
+
+/// What WebSocket upgrades are hashed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StickyKey {
+    /// The `uid` of the Nakama session token, else the client IP.
+    User,
+    /// Always the client IP.
+    ClientIp,
+}
+
+/// `[firewall]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firewall {
+    /// Peers that may connect.
+    pub allow: Vec<IpNet>,
+    /// Peers that may not; wins over `allow`.
+    pub deny: Vec<IpNet>,
+    /// Peers that may use `listeners.console`.
+    pub console_allow: Vec<IpNet>,
+    /// Peers whose PROXY protocol header is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// `[rate_limit]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained requests per second per client.
+    pub requests_per_second: u32,
+    /// Requests a client may send at once above the sustained rate.
+    pub burst: u32,
+    /// Authentication and session-refresh requests per minute per client.
+    pub auth_requests_per_minute: u32,
+    /// Concurrent connections per client.
+    pub connections_per_ip: u32,
+    /// New connections per second per client.
+    pub new_connections_per_second: u32,
+}
+
+/// `[timeouts]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Time allowed for a TLS handshake.
+    pub tls_handshake: Duration,
+    /// Time allowed for a request's headers to arrive.
+    pub request_header: Duration,
+    /// Idle time after which a keep-alive HTTP connection is closed.
+    pub http_idle: Duration,
+    /// Idle time after which a WebSocket is closed.
+    pub websocket_idle: Duration,
+    /// Time allowed to connect to a node.
+    pub upstream_connect: Duration,
+}
+
+/// One problem in a config file, with its position (1-based).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// What is wrong, in words an operator can act on.
+    pub message: String,
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The reason.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid config; every problem found is listed.
+    #[error("{}", ProblemList { origin, problems })]
+    Invalid {
+        /// The file name, or `<embedded>`.
+        origin: String,
+        /// Every problem, in file order.
+        problems: Vec<Problem>,
+    },
+}
+
+struct ProblemList<'a> {
+    origin: &'a str,
+    problems: &'a [Problem],
+}
+
+impl fmt::Display for ProblemList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}:{}:{}: {}", self.origin, p.line, p.column, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Parse and validate config text. `origin` names it in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        validate::parse(text).map_err(|problems| ConfigError::Invalid {
+            origin: origin.to_string(),
+            problems,
+        })
+    }
+
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// The embedded development default.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Config::parse(EMBEDDED_DEFAULT, "<embedded>")
+    }
+
+    /// A one-line description, printed by `nakama-edge check`.
+    pub fn summary(&self) -> String {
+        let addr = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
+        let certs = match &self.certificates {
+            CertificateSource::Files { .. } => "certificate files",
+            CertificateSource::Acme(_) => "ACME",
+            CertificateSource::SelfSigned => "self-signed certificate",
+        };
+        format!(
+            "ok: {} node(s); https {} ({certs}), http {} ({}), admin {}",
+            self.nodes.len(),
+            addr(self.listeners.https),
+            addr(self.listeners.http),
+            if self.listeners.http_redirect {
+                "redirect"
+            } else {
+                "proxy"
+            },
+            addr(self.listeners.admin),
+        )
+    }
+}

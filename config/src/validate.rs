@@ -1,0 +1,525 @@
+//! From [`RawConfig`] to [`Config`]: defaults, types and every cross-field rule, collecting
+//! all problems instead of stopping at the first.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use toml::Spanned;
+
+use crate::schema::*;
+use crate::*;
+
+/// Ports a node must never be reached on through a public listener: Nakama's console and
+/// console gRPC.
+const CONSOLE_PORTS: [u16; 2] = [7351, 7348];
+
+struct Checker<'a> {
+    text: &'a str,
+    problems: Vec<(usize, String)>,
+}
+
+pub(crate) fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+    let mut c = Checker {
+        text,
+        problems: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let at = e.span().map_or(0, |s| s.start);
+            c.problems.push((at, e.message().trim().to_string()));
+            return Err(c.finish());
+        }
+    };
+    let config = c.config(raw);
+    if c.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(c.finish())
+    }
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.problems.push((span.start, message.into()));
+    }
+
+    fn finish(mut self) -> Vec<Problem> {
+        self.problems.sort_by_key(|(at, _)| *at);
+        let text = self.text;
+        self.problems
+            .into_iter()
+            .map(|(at, message)| {
+                let at = at.min(text.len());
+                let before = &text[..text.floor_char_boundary_compat(at)];
+                let line = before.matches('\n').count() + 1;
+                let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                let column = before[line_start..].chars().count() + 1;
+                Problem {
+                    line,
+                    column,
+                    message,
+                }
+            })
+            .collect()
+    }
+
+    fn duration(
+        &mut self,
+        value: &S<String>,
+        key: &str,
+        default: Duration,
+        positive: bool,
+    ) -> Duration {
+        let Some(v) = value else { return default };
+        match parse_duration(v.get_ref()) {
+            Ok(d) if positive && d.is_zero() => {
+                self.problem(v.span(), format!("{key} must be longer than 0"));
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.problem(v.span(), format!("{key}: {e}"));
+                default
+            }
+        }
+    }
+
+    fn number(&mut self, value: &S<i64>, key: &str, default: u32, min: u32, max: u32) -> u32 {
+        let Some(v) = value else { return default };
+        match u32::try_from(*v.get_ref()) {
+            Ok(n) if (min..=max).contains(&n) => n,
+            _ => {
+                self.problem(
+                    v.span(),
+                    format!("{key} must be between {min} and {max}, not {}", v.get_ref()),
+                );
+                default
+            }
+        }
+    }
+
+    fn address(&mut self, value: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+        let text = value.get_ref();
+        if let Ok(a) = text.parse::<SocketAddr>() {
+            return Some(a);
+        }
+        match text.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(a)) => Some(a),
+            _ => {
+                self.problem(
+                    value.span(),
+                    format!("{key}: {text:?} is not a host:port address"),
+                );
+                None
+            }
+        }
+    }
+
+    fn cidrs(&mut self, values: &[Spanned<String>], key: &str) -> Vec<IpNet> {
+        let mut out = Vec::with_capacity(values.len());
+        for v in values {
+            let text = v.get_ref().trim();
+            match text.parse::<IpNet>() {
+                Ok(net) => out.push(net.trunc()),
+                Err(_) => match text.parse::<IpAddr>() {
+                    Ok(ip) => out.push(IpNet::from(ip)),
+                    Err(_) => self.problem(
+                        v.span(),
+                        format!("{key}: {text:?} is not a CIDR (like \"10.0.0.0/8\" or \"2001:db8::/32\") or an IP address"),
+                    ),
+                },
+            }
+        }
+        out
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let server = Server {
+            threads: self.number(&raw.server.threads, "server.threads", 2, 1, 1024) as usize,
+            grace_period: self.duration(
+                &raw.server.grace_period,
+                "server.grace_period",
+                Duration::from_secs(30),
+                false,
+            ),
+        };
+
+        let l = &raw.listeners;
+        let mut listener =
+            |v: &S<String>, key: &str, default: Option<&str>| -> Option<SocketAddr> {
+                match v {
+                    Some(v) => self.address(v, key),
+                    None => default.and_then(|d| d.parse().ok()),
+                }
+            };
+        let listeners = Listeners {
+            https: listener(&l.https, "listeners.https", Some("0.0.0.0:443")),
+            http: listener(&l.http, "listeners.http", Some("0.0.0.0:80")),
+            http_redirect: l.http_redirect.unwrap_or(true),
+            admin: listener(&l.admin, "listeners.admin", Some("127.0.0.1:9180")),
+            console: listener(&l.console, "listeners.console", None),
+        };
+        self.distinct_listeners(&raw.listeners, &listeners);
+
+        let certificates = self.certificates(raw.tls, raw.acme);
+        let nodes = self.nodes(&raw.nodes);
+
+        let h = &raw.health_check;
+        let path = h
+            .path
+            .as_ref()
+            .map_or_else(|| "/healthcheck".to_string(), |p| p.get_ref().clone());
+        if let Some(p) = &h.path {
+            if !p.get_ref().starts_with('/') {
+                self.problem(p.span(), "health_check.path must start with '/'");
+            }
+        }
+        let health_check = HealthCheck {
+            path,
+            interval: self.duration(
+                &h.interval,
+                "health_check.interval",
+                Duration::from_secs(2),
+                true,
+            ),
+            timeout: self.duration(
+                &h.timeout,
+                "health_check.timeout",
+                Duration::from_secs(1),
+                true,
+            ),
+            unhealthy_threshold: self.number(
+                &h.unhealthy_threshold,
+                "health_check.unhealthy_threshold",
+                3,
+                1,
+                100,
+            ),
+            healthy_threshold: self.number(
+                &h.healthy_threshold,
+                "health_check.healthy_threshold",
+                2,
+                1,
+                100,
+            ),
+        };
+
+        let r = &raw.routing;
+        let websocket_path = r
+            .websocket_path
+            .as_ref()
+            .map_or_else(|| "/ws".to_string(), |p| p.get_ref().clone());
+        if let Some(p) = &r.websocket_path {
+            if !p.get_ref().starts_with('/') {
+                self.problem(p.span(), "routing.websocket_path must start with '/'");
+            }
+        }
+        let sticky_key = match r
+            .sticky_key
+            .as_ref()
+            .map(|s| (s.get_ref().as_str(), s.span()))
+        {
+            None | Some(("user", _)) => StickyKey::User,
+            Some(("client_ip", _)) => StickyKey::ClientIp,
+            Some((other, span)) => {
+                self.problem(
+                    span,
+                    format!("routing.sticky_key must be \"user\" or \"client_ip\", not {other:?}"),
+                );
+                StickyKey::User
+            }
+        };
+        let routing = Routing {
+            websocket_path,
+            sticky_key,
+            drain_timeout: self.duration(
+                &r.drain_timeout,
+                "routing.drain_timeout",
+                Duration::from_secs(300),
+                false,
+            ),
+        };
+
+        let f = &raw.firewall;
+        let firewall = Firewall {
+            allow: match &f.allow {
+                Some(allow) => self.cidrs(allow, "firewall.allow"),
+                None => vec![IpNet::V4(Default::default()), IpNet::V6(Default::default())],
+            },
+            deny: self.cidrs(&f.deny, "firewall.deny"),
+            console_allow: self.cidrs(&f.console_allow, "firewall.console_allow"),
+            trusted_proxies: self.cidrs(&f.trusted_proxies, "firewall.trusted_proxies"),
+        };
+
+        let rl = &raw.rate_limit;
+        let max = 10_000_000;
+        let rate_limit = RateLimit {
+            requests_per_second: self.number(
+                &rl.requests_per_second,
+                "rate_limit.requests_per_second",
+                50,
+                1,
+                max,
+            ),
+            burst: self.number(&rl.burst, "rate_limit.burst", 100, 1, max),
+            auth_requests_per_minute: self.number(
+                &rl.auth_requests_per_minute,
+                "rate_limit.auth_requests_per_minute",
+                30,
+                1,
+                max,
+            ),
+            connections_per_ip: self.number(
+                &rl.connections_per_ip,
+                "rate_limit.connections_per_ip",
+                200,
+                1,
+                max,
+            ),
+            new_connections_per_second: self.number(
+                &rl.new_connections_per_second,
+                "rate_limit.new_connections_per_second",
+                50,
+                1,
+                max,
+            ),
+        };
+
+        let t = &raw.timeouts;
+        let timeouts = Timeouts {
+            tls_handshake: self.duration(
+                &t.tls_handshake,
+                "timeouts.tls_handshake",
+                Duration::from_secs(10),
+                true,
+            ),
+            request_header: self.duration(
+                &t.request_header,
+                "timeouts.request_header",
+                Duration::from_secs(10),
+                true,
+            ),
+            http_idle: self.duration(
+                &t.http_idle,
+                "timeouts.http_idle",
+                Duration::from_secs(60),
+                true,
+            ),
+            websocket_idle: self.duration(
+                &t.websocket_idle,
+                "timeouts.websocket_idle",
+                Duration::from_secs(120),
+                true,
+            ),
+            upstream_connect: self.duration(
+                &t.upstream_connect,
+                "timeouts.upstream_connect",
+                Duration::from_secs(2),
+                true,
+            ),
+        };
+        if let Some(ws) = &t.websocket_idle {
+            if timeouts.websocket_idle < Duration::from_secs(30) {
+                self.problem(
+                    ws.span(),
+                    "timeouts.websocket_idle must be at least 30s: Nakama pings every 15s and a shorter idle timeout cuts healthy sockets",
+                );
+            }
+        }
+
+        Config {
+            server,
+            listeners,
+            certificates,
+            nodes,
+            health_check,
+            routing,
+            firewall,
+            rate_limit,
+            timeouts,
+        }
+    }
+
+    fn distinct_listeners(&mut self, raw: &RawListeners, l: &Listeners) {
+        let mut seen: Vec<SocketAddr> = Vec::new();
+        for (raw, addr) in [
+            (&raw.https, l.https),
+            (&raw.http, l.http),
+            (&raw.admin, l.admin),
+            (&raw.console, l.console),
+        ] {
+            if let (Some(raw), Some(addr)) = (raw, addr) {
+                if seen.contains(&addr) {
+                    self.problem(raw.span(), format!("{addr} is used by two listeners"));
+                }
+                seen.push(addr);
+            }
+        }
+    }
+
+    fn certificates(&mut self, tls: S<RawTls>, acme: S<RawAcme>) -> CertificateSource {
+        match (tls, acme) {
+            (Some(_), Some(acme)) => {
+                self.problem(
+                    acme.span(),
+                    "use either [tls] (certificate files) or [acme], not both",
+                );
+                CertificateSource::SelfSigned
+            }
+            (Some(tls), None) => {
+                let tls = tls.into_inner();
+                for (v, key) in [(&tls.cert, "tls.cert"), (&tls.key, "tls.key")] {
+                    if v.get_ref().is_empty() {
+                        self.problem(v.span(), format!("{key} must name a PEM file"));
+                    }
+                }
+                CertificateSource::Files {
+                    cert: PathBuf::from(tls.cert.into_inner()),
+                    key: PathBuf::from(tls.key.into_inner()),
+                }
+            }
+            (None, Some(acme)) => CertificateSource::Acme(self.acme(acme.into_inner())),
+            (None, None) => CertificateSource::SelfSigned,
+        }
+    }
+
+    fn acme(&mut self, a: RawAcme) -> Acme {
+        if a.domains.get_ref().is_empty() {
+            self.problem(
+                a.domains.span(),
+                "acme.domains must name at least one domain",
+            );
+        }
+        let mut domains = Vec::new();
+        for d in a.domains.into_inner() {
+            let name = d.get_ref().trim().to_ascii_lowercase();
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.trim_start_matches("*.").split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if !valid {
+                self.problem(
+                    d.span(),
+                    format!("acme.domains: {:?} is not a domain name", d.get_ref()),
+                );
+            } else if domains.contains(&name) {
+                self.problem(d.span(), format!("acme.domains: {name} is listed twice"));
+            } else {
+                domains.push(name);
+            }
+        }
+        let directory = a.directory.get_ref().clone();
+        if !directory.starts_with("https://") {
+            self.problem(a.directory.span(), "acme.directory must be an https:// URL");
+        }
+        let challenge = match a
+            .challenge
+            .as_ref()
+            .map(|c| (c.get_ref().as_str(), c.span()))
+        {
+            None | Some(("tls-alpn-01", _)) => AcmeChallenge::TlsAlpn01,
+            Some(("http-01", _)) => AcmeChallenge::Http01,
+            Some((other, span)) => {
+                self.problem(
+                    span,
+                    format!("acme.challenge must be \"tls-alpn-01\" or \"http-01\", not {other:?}"),
+                );
+                AcmeChallenge::TlsAlpn01
+            }
+        };
+        Acme {
+            domains,
+            directory,
+            contact: a.contact.into_iter().map(|c| c.into_inner()).collect(),
+            challenge,
+            state_dir: PathBuf::from(a.state_dir.into_inner()),
+            directory_ca: a.directory_ca.map(|p| PathBuf::from(p.into_inner())),
+        }
+    }
+
+    fn nodes(&mut self, raw: &[RawNode]) -> Vec<Node> {
+        let mut names = HashSet::new();
+        let mut addresses = HashSet::new();
+        let mut nodes = Vec::with_capacity(raw.len());
+        for n in raw {
+            let name = n.name.get_ref().clone();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                self.problem(
+                    n.name.span(),
+                    format!("node name {name:?} must be letters, digits, '-', '_' or '.'"),
+                );
+            } else if !names.insert(name.clone()) {
+                self.problem(n.name.span(), format!("node name {name:?} is used twice"));
+            }
+            let address = self.address(&n.address, "nodes.address");
+            let grpc = n.grpc.as_ref().and_then(|g| self.address(g, "nodes.grpc"));
+            let console = n
+                .console
+                .as_ref()
+                .and_then(|c| self.address(c, "nodes.console"));
+            for (raw, addr, key) in [
+                (Some(&n.address), address, "address"),
+                (n.grpc.as_ref(), grpc, "grpc"),
+            ] {
+                if let (Some(raw), Some(addr)) = (raw, addr) {
+                    if CONSOLE_PORTS.contains(&addr.port()) {
+                        self.problem(
+                            raw.span(),
+                            format!(
+                                "nodes.{key} {addr} is a Nakama console port ({}): it must never be exposed to players; use nodes.console and listeners.console",
+                                addr.port()
+                            ),
+                        );
+                    }
+                }
+            }
+            if let Some(addr) = address {
+                if !addresses.insert(addr) {
+                    self.problem(
+                        n.address.span(),
+                        format!("nodes.address {addr} belongs to two nodes"),
+                    );
+                }
+            }
+            let weight = self.number(&n.weight, "nodes.weight", 1, 1, 1000);
+            if let Some(address) = address {
+                nodes.push(Node {
+                    name,
+                    address,
+                    grpc,
+                    console,
+                    weight,
+                    drain: n.drain.unwrap_or(false),
+                });
+            }
+        }
+        nodes
+    }
+}
+
+/// `str::floor_char_boundary` is unstable; error positions always fall on boundaries in
+/// practice, but a span is never trusted to.
+trait FloorCharBoundary {
+    fn floor_char_boundary_compat(&self, at: usize) -> usize;
+}
+
+impl FloorCharBoundary for str {
+    fn floor_char_boundary_compat(&self, mut at: usize) -> usize {
+        while at > 0 && !self.is_char_boundary(at) {
+            at -= 1;
+        }
+        at
+    }
+}

@@ -1,0 +1,226 @@
+//! What an operator sees from `Config::parse`: a full file accepted, and each kind of mistake
+//! rejected with the line and column where it was made.
+
+use std::time::Duration;
+
+use nakama_edge_config::*;
+
+const FULL: &str = r#"
+[server]
+threads = 4
+grace_period = "30s"
+
+[listeners]
+https = "127.0.0.1:8443"
+http = "127.0.0.1:8080"
+http_redirect = true
+admin = "127.0.0.1:9180"
+console = "127.0.0.1:7451"
+
+[tls]
+cert = "/etc/nakama-edge/fullchain.pem"
+key = "/etc/nakama-edge/privkey.pem"
+
+[[nodes]]
+name = "nakama-1"
+address = "127.0.0.1:7350"
+grpc = "127.0.0.1:7349"
+console = "127.0.0.1:7351"
+weight = 2
+
+[[nodes]]
+name = "nakama-2"
+address = "127.0.0.2:7350"
+drain = true
+
+[health_check]
+path = "/healthcheck"
+interval = "2s"
+timeout = "1s"
+unhealthy_threshold = 3
+healthy_threshold = 2
+
+[routing]
+websocket_path = "/ws"
+sticky_key = "client_ip"
+drain_timeout = "5m"
+
+[firewall]
+allow = ["0.0.0.0/0", "::/0"]
+deny = ["127.0.0.9/32", "2001:db8::/32", "10.1.2.3"]
+console_allow = ["127.0.0.1/32"]
+trusted_proxies = []
+
+[rate_limit]
+requests_per_second = 50
+burst = 100
+auth_requests_per_minute = 30
+connections_per_ip = 200
+new_connections_per_second = 50
+
+[timeouts]
+tls_handshake = "10s"
+request_header = "10s"
+http_idle = "60s"
+websocket_idle = "120s"
+upstream_connect = "2s"
+"#;
+
+fn problems(text: &str) -> Vec<Problem> {
+    match Config::parse(text, "test.toml") {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+fn one_problem(text: &str) -> Problem {
+    let p = problems(text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    p.into_iter().next().unwrap()
+}
+
+#[test]
+fn the_contract_example_is_accepted_with_its_values() {
+    let c = Config::parse(FULL, "full.toml").unwrap();
+    assert_eq!(c.server.threads, 4);
+    assert_eq!(c.listeners.https, Some("127.0.0.1:8443".parse().unwrap()));
+    assert_eq!(c.listeners.console, Some("127.0.0.1:7451".parse().unwrap()));
+    assert!(matches!(c.certificates, CertificateSource::Files { .. }));
+    assert_eq!(c.nodes.len(), 2);
+    assert_eq!(c.nodes[0].weight, 2);
+    assert_eq!(c.nodes[0].grpc, Some("127.0.0.1:7349".parse().unwrap()));
+    assert!(c.nodes[1].drain);
+    assert_eq!(c.routing.sticky_key, StickyKey::ClientIp);
+    assert_eq!(c.routing.drain_timeout, Duration::from_secs(300));
+    assert_eq!(c.firewall.deny.len(), 3);
+    assert_eq!(c.firewall.deny[2].to_string(), "10.1.2.3/32");
+    assert_eq!(c.timeouts.websocket_idle, Duration::from_secs(120));
+}
+
+#[test]
+fn defaults_fill_what_is_left_out() {
+    let c = Config::parse(
+        "[[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:7350\"\n",
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.health_check.path, "/healthcheck");
+    assert_eq!(c.health_check.interval, Duration::from_secs(2));
+    assert_eq!(c.routing.websocket_path, "/ws");
+    assert_eq!(c.routing.sticky_key, StickyKey::User);
+    assert_eq!(c.listeners.admin, Some("127.0.0.1:9180".parse().unwrap()));
+    assert!(c.listeners.http_redirect);
+    assert_eq!(c.certificates, CertificateSource::SelfSigned);
+    assert_eq!(c.firewall.allow.len(), 2);
+}
+
+#[test]
+fn the_embedded_default_is_the_contracts() {
+    let c = Config::embedded_default().unwrap();
+    assert_eq!(c.listeners.https, Some("127.0.0.1:8443".parse().unwrap()));
+    assert_eq!(c.listeners.http, Some("127.0.0.1:8080".parse().unwrap()));
+    assert_eq!(c.listeners.admin, Some("127.0.0.1:9180".parse().unwrap()));
+    assert_eq!(c.nodes[0].address, "127.0.0.1:7350".parse().unwrap());
+    assert_eq!(c.certificates, CertificateSource::SelfSigned);
+}
+
+#[test]
+fn unknown_key_is_an_error_at_its_line() {
+    let p = one_problem("[server]\nthreads = 2\ngrace = \"1s\"\n");
+    assert_eq!((p.line, p.column), (3, 1));
+    assert!(p.message.contains("unknown field `grace`"), "{}", p.message);
+
+    let p = one_problem("[[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nwieght = 3\n");
+    assert_eq!(p.line, 4);
+    assert!(p.message.contains("wieght"));
+
+    let p = one_problem("[sever]\nthreads = 2\n");
+    assert_eq!(p.line, 1);
+}
+
+#[test]
+fn syntax_error_has_a_position() {
+    let p = one_problem("[server]\nthreads = \n");
+    assert_eq!(p.line, 2);
+}
+
+#[test]
+fn duplicate_node_names_point_at_the_second() {
+    let p = one_problem(
+        "[[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n\n[[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:2\"\n",
+    );
+    assert_eq!((p.line, p.column), (6, 8));
+    assert!(p.message.contains("used twice"));
+}
+
+#[test]
+fn bad_cidr_points_at_the_entry() {
+    let p = one_problem("[firewall]\ndeny = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n");
+    assert_eq!((p.line, p.column), (2, 23));
+    assert!(p.message.contains("10.0.0.0/33"));
+}
+
+#[test]
+fn bad_durations_are_rejected() {
+    let p = one_problem("[health_check]\ninterval = \"2\"\n");
+    assert_eq!((p.line, p.column), (2, 12));
+    assert!(p.message.contains("unit"));
+    let p = one_problem("[timeouts]\nhttp_idle = \"5 minutes\"\n");
+    assert_eq!(p.line, 2);
+    let p = one_problem("[health_check]\ninterval = \"0s\"\n");
+    assert!(p.message.contains("longer than 0"));
+    let p = one_problem("[timeouts]\nwebsocket_idle = \"10s\"\n");
+    assert!(p.message.contains("30s"));
+}
+
+#[test]
+fn a_node_on_a_console_port_is_refused() {
+    let p = one_problem("[[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:7351\"\n");
+    assert_eq!((p.line, p.column), (3, 11));
+    assert!(p.message.contains("console"));
+    let p = one_problem(
+        "[[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:7350\"\ngrpc = \"127.0.0.1:7348\"\n",
+    );
+    assert_eq!(p.line, 4);
+}
+
+#[test]
+fn every_problem_is_reported_at_once_in_file_order() {
+    let p = problems(
+        "[routing]\nsticky_key = \"session\"\n[firewall]\nallow = [\"nope\"]\n[[nodes]]\nname = \"a b\"\naddress = \"127.0.0.1:7351\"\nweight = 0\n",
+    );
+    let lines: Vec<usize> = p.iter().map(|p| p.line).collect();
+    assert_eq!(lines, vec![2, 4, 6, 7, 8], "{p:?}");
+}
+
+#[test]
+fn tls_and_acme_together_are_refused() {
+    let p = one_problem(
+        "[tls]\ncert = \"a\"\nkey = \"b\"\n[acme]\ndomains = [\"play.example.com\"]\ndirectory = \"https://x/dir\"\nstate_dir = \"/tmp/x\"\n",
+    );
+    assert!(p.message.contains("not both"));
+}
+
+#[test]
+fn acme_section_is_typed() {
+    let c = Config::parse(
+        "[acme]\ndomains = [\"Play.Example.com\"]\ndirectory = \"https://127.0.0.1:14000/dir\"\nchallenge = \"http-01\"\nstate_dir = \"/tmp/acme\"\n",
+        "t",
+    )
+    .unwrap();
+    let CertificateSource::Acme(a) = c.certificates else {
+        panic!()
+    };
+    assert_eq!(a.domains, vec!["play.example.com"]);
+    assert_eq!(a.challenge, AcmeChallenge::Http01);
+}
+
+#[test]
+fn error_text_names_file_line_and_column() {
+    let e = Config::parse("[server]\nthreads = 0\n", "edge.toml").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "edge.toml:2:11: server.threads must be between 1 and 1024, not 0"
+    );
+}
