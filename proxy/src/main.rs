@@ -1,1 +1,238 @@
-fn main() {}
+//! The `nakama-edge` command: `run`, `check`, `drain`, `undrain` (see CONTRACT.md).
+//!
+//! Exit status: 0 on success, 1 on a user error (bad config, unknown node), 2 on anything else.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use nakama_edge::server::{run, RunOptions};
+use nakama_edge::state::ConfigSource;
+use nakama_edge_config::{parse_duration, Config, ConfigError};
+
+#[derive(Parser)]
+#[command(
+    name = "nakama-edge",
+    version,
+    about = "The front door of a Nakama deployment"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve; without -c, the embedded development default.
+    Run {
+        /// The config file.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Take the listening sockets over from the running process (zero-downtime upgrade).
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Validate a config file: every problem with its line and column.
+    Check {
+        /// The config file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Drain a node: no new requests or WebSockets.
+    Drain {
+        /// The node's name.
+        node: String,
+        /// The admin API address.
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        admin: String,
+        /// Return only when no request or WebSocket to the node is left.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (exit 1).
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Put a drained node back.
+    Undrain {
+        /// The node's name.
+        node: String,
+        /// The admin API address.
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        admin: String,
+    },
+}
+
+/// A failure and the exit status it deserves.
+enum Failure {
+    User(String),
+    Other(String),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(format!("{e:#}"))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::User(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Other(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A config that cannot be read or is invalid is the operator's to fix: exit 1.
+fn config_failure(e: ConfigError) -> Failure {
+    Failure::User(e.to_string())
+}
+
+fn execute(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Run { config, upgrade } => {
+            init_logging();
+            let (config, source) = match config {
+                Some(path) => (
+                    Config::load(&path).map_err(config_failure)?,
+                    ConfigSource::File(path),
+                ),
+                None => (
+                    Config::embedded_default().map_err(config_failure)?,
+                    ConfigSource::Embedded,
+                ),
+            };
+            run(RunOptions {
+                config,
+                source,
+                upgrade,
+            })?;
+            Ok(())
+        }
+        Command::Check { config } => {
+            let config = Config::load(&config).map_err(config_failure)?;
+            println!("{}", config.summary());
+            Ok(())
+        }
+        Command::Drain {
+            node,
+            admin,
+            wait,
+            timeout,
+        } => {
+            let shown = post_drain(&admin, &node, "drain")?;
+            println!("{node}: draining ({shown})");
+            if wait {
+                wait_drained(&admin, &node, timeout)?;
+            }
+            Ok(())
+        }
+        Command::Undrain { node, admin } => {
+            let shown = post_drain(&admin, &node, "undrain")?;
+            println!("{node}: undrained ({shown})");
+            Ok(())
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NAKAMA_EDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// A minimal HTTP/1.1 exchange with the admin API: (status, body).
+fn admin_request(admin: &str, method: &str, path: &str) -> Result<(u16, String), Failure> {
+    let addr: SocketAddr = admin
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| Failure::User(format!("--admin {admin:?} is not a host:port address")))?;
+    let io = |e: std::io::Error| Failure::Other(format!("admin API at {addr}: {e}"));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(io)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").map_err(io)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(io)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            Failure::Other(format!(
+                "admin API at {addr} answered something that is not HTTP"
+            ))
+        })?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((status, body))
+}
+
+fn post_drain(admin: &str, node: &str, action: &str) -> Result<String, Failure> {
+    match admin_request(admin, "POST", &format!("/nodes/{node}/{action}"))? {
+        (200, body) => Ok(body.trim().to_string()),
+        (404, _) => Err(Failure::User(format!("unknown node {node:?}"))),
+        (status, body) => Err(Failure::Other(format!(
+            "admin API answered {status}: {}",
+            body.trim()
+        ))),
+    }
+}
+
+fn wait_drained(admin: &str, node: &str, timeout: Duration) -> Result<(), Failure> {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        let (status, body) = admin_request(admin, "GET", "/nodes")?;
+        if status != 200 {
+            return Err(Failure::Other(format!(
+                "admin API answered {status} to GET /nodes"
+            )));
+        }
+        let nodes: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| Failure::Other(format!("GET /nodes: {e}")))?;
+        let entry = nodes
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["name"] == node))
+            .ok_or_else(|| Failure::User(format!("unknown node {node:?}")))?;
+        let counts = (
+            entry["http_in_flight"].as_i64().unwrap_or(0),
+            entry["websockets"].as_i64().unwrap_or(0),
+        );
+        if last != Some(counts) {
+            println!(
+                "{node}: {} request(s), {} WebSocket(s) left",
+                counts.0, counts.1
+            );
+            last = Some(counts);
+        }
+        if counts == (0, 0) {
+            println!("{node}: drained");
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure::User(format!(
+                "{node}: still busy after {timeout:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

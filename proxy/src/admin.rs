@@ -1,0 +1,164 @@
+//! The admin API (`listeners.admin`, plain HTTP): metrics, liveness, readiness, nodes, drain.
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `GET /metrics` | Prometheus text exposition |
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 when listeners are bound and a node is routable, else 503 |
+//! | `GET /nodes` | JSON: name, address, state, http_in_flight, websockets |
+//! | `POST /nodes/{name}/drain`, `/undrain` | runtime drain; 404 for an unknown node |
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use serde::Serialize;
+
+use crate::pool::{Node, NodeState};
+use crate::state::Shared;
+
+/// The admin API.
+pub struct AdminApi {
+    shared: Arc<Shared>,
+}
+
+impl AdminApi {
+    /// The admin API over `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        AdminApi { shared }
+    }
+}
+
+/// One node as `GET /nodes` shows it.
+#[derive(Serialize)]
+pub struct NodeView<'a> {
+    name: &'a str,
+    address: String,
+    state: NodeState,
+    http_in_flight: i64,
+    websockets: i64,
+}
+
+impl<'a> NodeView<'a> {
+    fn of(node: &'a Node) -> Self {
+        NodeView {
+            name: &node.config.name,
+            address: node.config.address.to_string(),
+            state: node.runtime.state(),
+            http_in_flight: node.runtime.http_in_flight(),
+            websockets: node.runtime.websockets(),
+        }
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
+    respond(
+        status,
+        "text/plain; charset=utf-8",
+        format!("{body}\n").into_bytes(),
+    )
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<Vec<u8>> {
+    match serde_json::to_vec(value) {
+        Ok(body) => respond(status, "application/json", body),
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode"),
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApi {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let method = req.method.clone();
+        let path = req.uri.path().to_owned();
+        let snapshot = self.shared.snapshot();
+        let pool = &snapshot.pool;
+        let get = method == Method::GET || method == Method::HEAD;
+        match path.as_str() {
+            "/metrics" if get => respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.shared.metrics.render(pool),
+            ),
+            "/healthz" if get => text(StatusCode::OK, "ok"),
+            "/readyz" if get => {
+                if !self
+                    .shared
+                    .listeners_bound
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "listeners not bound yet")
+                } else if !pool.any_routable() {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "no routable node")
+                } else {
+                    text(StatusCode::OK, "ready")
+                }
+            }
+            "/nodes" if get => json(
+                StatusCode::OK,
+                &pool.nodes.iter().map(NodeView::of).collect::<Vec<_>>(),
+            ),
+            "/metrics" | "/healthz" | "/readyz" | "/nodes" => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => match drain_request(&path) {
+                Some((name, drain)) if method == Method::POST => match pool.by_name(name) {
+                    Some(node) => {
+                        node.runtime.set_admin_drain(drain);
+                        tracing::info!(node = name, drain, "drain changed through the admin API");
+                        json(StatusCode::OK, &NodeView::of(node))
+                    }
+                    None => text(StatusCode::NOT_FOUND, &format!("unknown node {name:?}")),
+                },
+                Some(_) => text(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
+                None => text(StatusCode::NOT_FOUND, "not found"),
+            },
+        }
+    }
+}
+
+/// `/nodes/{name}/drain` → `(name, true)`, `/nodes/{name}/undrain` → `(name, false)`.
+fn drain_request(path: &str) -> Option<(&str, bool)> {
+    let rest = path.strip_prefix("/nodes/")?;
+    let (name, action) = rest.rsplit_once('/')?;
+    if name.is_empty() || name.contains('/') {
+        return None;
+    }
+    match action {
+        "drain" => Some((name, true)),
+        "undrain" => Some((name, false)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::drain_request;
+
+    #[test]
+    fn drain_paths() {
+        assert_eq!(
+            drain_request("/nodes/nakama-1/drain"),
+            Some(("nakama-1", true))
+        );
+        assert_eq!(
+            drain_request("/nodes/nakama-1/undrain"),
+            Some(("nakama-1", false))
+        );
+        assert_eq!(drain_request("/nodes//drain"), None);
+        assert_eq!(drain_request("/nodes/a/b/drain"), None);
+        assert_eq!(drain_request("/nodes/a/stop"), None);
+    }
+}

@@ -1,0 +1,138 @@
+//! Active health checks: `GET health_check.path` on every node, every `interval`.
+//!
+//! One task per node runtime; the supervisor starts tasks for nodes a reload adds and stops
+//! those of nodes it removes. Settings are read from the current snapshot at each check, so a
+//! reload changes them live.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use crate::pool::{Health, NodeRuntime};
+use crate::state::Shared;
+
+/// The health-check supervisor.
+pub struct HealthChecker {
+    shared: Arc<Shared>,
+}
+
+impl HealthChecker {
+    /// Checks of the nodes in `shared`'s snapshots.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        HealthChecker { shared }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tasks: HashMap<usize, JoinHandle<()>> = HashMap::new();
+        loop {
+            let reloaded = self.shared.reloaded.notified();
+            tokio::pin!(reloaded);
+            reloaded.as_mut().enable();
+
+            let snapshot = self.shared.snapshot();
+            let key = |rt: &Arc<NodeRuntime>| Arc::as_ptr(rt) as usize;
+            tasks.retain(|k, task| {
+                let keep = snapshot.pool.nodes.iter().any(|n| key(&n.runtime) == *k);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            for node in &snapshot.pool.nodes {
+                tasks.entry(key(&node.runtime)).or_insert_with(|| {
+                    tokio::spawn(check_loop(self.shared.clone(), node.runtime.clone()))
+                });
+            }
+            drop(snapshot);
+
+            tokio::select! {
+                _ = &mut reloaded => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        for task in tasks.values() {
+            task.abort();
+        }
+    }
+}
+
+async fn check_loop(shared: Arc<Shared>, node: Arc<NodeRuntime>) {
+    loop {
+        let settings = shared.snapshot().config.health_check.clone();
+        let result = check(node.address, &settings.path, settings.timeout).await;
+        if let Some(changed) = node.record_check(
+            result.is_ok(),
+            settings.healthy_threshold,
+            settings.unhealthy_threshold,
+        ) {
+            match (changed, &result) {
+                (Health::Healthy, _) => {
+                    tracing::info!(node = %node.name, "node is healthy: back in rotation")
+                }
+                (_, Err(why)) => {
+                    tracing::warn!(node = %node.name, %why, "node is unhealthy: out of rotation")
+                }
+                _ => {}
+            }
+        }
+        tokio::time::sleep(settings.interval).await;
+    }
+}
+
+/// Why a check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// No answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// Connecting, writing or reading failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The node answered something other than 2xx.
+    #[error("answered {0:?}")]
+    Status(String),
+}
+
+/// One check: `GET path` over a fresh connection; healthy on a 2xx status.
+pub async fn check(address: SocketAddr, path: &str, timeout: Duration) -> Result<(), CheckError> {
+    tokio::time::timeout(timeout, check_inner(address, path))
+        .await
+        .map_err(|_| CheckError::Timeout(timeout))?
+}
+
+async fn check_inner(address: SocketAddr, path: &str) -> Result<(), CheckError> {
+    let mut stream = TcpStream::connect(address).await?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: nakama-edge-health-check\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        let read = stream.read(&mut head[n..]).await?;
+        if read == 0 {
+            break;
+        }
+        n += read;
+    }
+    let status_line = String::from_utf8_lossy(&head[..n]);
+    let status = status_line.split_whitespace().nth(1).unwrap_or("");
+    if status_line.starts_with("HTTP/1.") && status.len() == 3 && status.starts_with('2') {
+        Ok(())
+    } else {
+        Err(CheckError::Status(
+            status_line.lines().next().unwrap_or("").to_string(),
+        ))
+    }
+}

@@ -1,0 +1,38 @@
+//! nakama-edge: the front door of a Nakama deployment, on pingora.
+//!
+//! ```text
+//!  players ──TLS──► accept (firewall, rustls) ──► proxy (route, pick node) ──► Nakama nodes
+//!                        ▲                            │  ▲                        ▲
+//!                        │ snapshot (ArcSwap)         ▼  │                        │
+//!  config file ──► state::Shared::reload          pool (health, drain,     health_check
+//!                        │                          counts, selection)
+//!  operators ───────► admin (metrics, nodes, drain)
+//! ```
+//!
+//! | module | concern |
+//! | --- | --- |
+//! | [`server`] | wiring: pingora server, listeners, background tasks |
+//! | [`accept`] | the one accept path: firewall, TLS, then HTTP |
+//! | [`proxy`] | the request path (pingora `ProxyHttp`) |
+//! | [`route`] | what a request is, from its head |
+//! | [`pool`] | nodes, their state, and node selection |
+//! | [`health_check`] | active health checks |
+//! | [`token`] | the user id in a Nakama session token |
+//! | [`firewall`] | CIDR allow/deny |
+//! | [`state`] | the config snapshot and reload |
+//! | [`reload`] | file watching and SIGHUP |
+//! | [`admin`] | the admin API |
+//! | [`metrics`] | Prometheus metrics |
+
+pub mod accept;
+pub mod admin;
+pub mod firewall;
+pub mod health_check;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod reload;
+pub mod route;
+pub mod server;
+pub mod state;
+pub mod token;

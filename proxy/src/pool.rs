@@ -1,0 +1,605 @@
+//! The node pool: which Nakama nodes exist, what state each is in, and which one a request
+//! goes to.
+//!
+//! ```text
+//!   Config.nodes ──► Pool (one per config snapshot) ──► pick_round_robin / pick_sticky / pick_grpc
+//!                     │ nodes[i].runtime
+//!                     ▼
+//!   Registry ──► NodeRuntime (per node name; survives reloads): health, drain, in-flight, WebSockets
+//!                     ▲
+//!   health_check ─────┘ (active checks)      proxy ── mark_refused (passive check)
+//! ```
+//!
+//! A node is *routable* when it is healthy and not draining. A new node, or one whose address
+//! changed, starts [`Health::Unknown`] and gets no traffic until it passes a check.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use nakama_edge_config::{Config, Node as NodeConfig};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_ketama::{Bucket, Continuum};
+use serde::Serialize;
+
+/// What the health checks (active and passive) say about a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Health {
+    /// Not checked yet: no traffic until a check passes.
+    Unknown = 0,
+    /// Passed `healthy_threshold` checks in a row.
+    Healthy = 1,
+    /// Failed `unhealthy_threshold` checks in a row, or refused a connection.
+    Unhealthy = 2,
+}
+
+/// The state of a node as an operator sees it (`GET /nodes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Routable.
+    Healthy,
+    /// Out of rotation until it passes checks again.
+    Unhealthy,
+    /// Drained by config or the admin API: no new work.
+    Draining,
+    /// Not checked yet.
+    Unknown,
+}
+
+/// The live state of one node, kept across config reloads for as long as the node keeps its
+/// name and address.
+#[derive(Debug)]
+pub struct NodeRuntime {
+    /// The node's name.
+    pub name: String,
+    /// Its HTTP address; a node whose address changes gets a new runtime.
+    pub address: SocketAddr,
+    health: AtomicU8,
+    ok_streak: AtomicU32,
+    fail_streak: AtomicU32,
+    config_drain: AtomicBool,
+    admin_drain: AtomicBool,
+    /// Milliseconds since [`epoch`] when draining began, 0 when not draining.
+    draining_since: AtomicU64,
+    http_in_flight: AtomicI64,
+    websockets: AtomicI64,
+}
+
+/// The process's monotonic time origin, for timestamps kept in atomics.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_millis() -> u64 {
+    // +1 so that 0 can mean "never".
+    epoch().elapsed().as_millis() as u64 + 1
+}
+
+impl NodeRuntime {
+    fn new(config: &NodeConfig) -> Self {
+        let rt = NodeRuntime {
+            name: config.name.clone(),
+            address: config.address,
+            health: AtomicU8::new(Health::Unknown as u8),
+            ok_streak: AtomicU32::new(0),
+            fail_streak: AtomicU32::new(0),
+            config_drain: AtomicBool::new(false),
+            admin_drain: AtomicBool::new(false),
+            draining_since: AtomicU64::new(0),
+            http_in_flight: AtomicI64::new(0),
+            websockets: AtomicI64::new(0),
+        };
+        rt.set_config_drain(config.drain);
+        rt
+    }
+
+    /// Current health.
+    pub fn health(&self) -> Health {
+        match self.health.load(Ordering::Relaxed) {
+            1 => Health::Healthy,
+            2 => Health::Unhealthy,
+            _ => Health::Unknown,
+        }
+    }
+
+    /// Whether the node is drained by config or the admin API.
+    pub fn is_draining(&self) -> bool {
+        self.config_drain.load(Ordering::Relaxed) || self.admin_drain.load(Ordering::Relaxed)
+    }
+
+    /// Healthy and not draining: may get new requests and WebSockets.
+    pub fn is_routable(&self) -> bool {
+        !self.is_draining() && self.health() == Health::Healthy
+    }
+
+    /// The state shown to operators.
+    pub fn state(&self) -> NodeState {
+        if self.is_draining() {
+            NodeState::Draining
+        } else {
+            match self.health() {
+                Health::Healthy => NodeState::Healthy,
+                Health::Unhealthy => NodeState::Unhealthy,
+                Health::Unknown => NodeState::Unknown,
+            }
+        }
+    }
+
+    /// Proxied HTTP requests to this node now in progress.
+    pub fn http_in_flight(&self) -> i64 {
+        self.http_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// WebSockets to this node now open.
+    pub fn websockets(&self) -> i64 {
+        self.websockets.load(Ordering::Relaxed)
+    }
+
+    /// Whether WebSockets still open on this node have outstayed `drain_timeout`.
+    pub fn drain_expired(&self, drain_timeout: Duration) -> bool {
+        let since = self.draining_since.load(Ordering::Relaxed);
+        since != 0
+            && self.is_draining()
+            && now_millis().saturating_sub(since) >= drain_timeout.as_millis() as u64
+    }
+
+    /// Record the outcome of one active health check.
+    pub fn record_check(
+        &self,
+        ok: bool,
+        healthy_threshold: u32,
+        unhealthy_threshold: u32,
+    ) -> Option<Health> {
+        let (streak, other, threshold, target) = if ok {
+            (
+                &self.ok_streak,
+                &self.fail_streak,
+                healthy_threshold,
+                Health::Healthy,
+            )
+        } else {
+            (
+                &self.fail_streak,
+                &self.ok_streak,
+                unhealthy_threshold,
+                Health::Unhealthy,
+            )
+        };
+        other.store(0, Ordering::Relaxed);
+        let n = streak.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        (n >= threshold && self.health() != target).then(|| {
+            self.health.store(target as u8, Ordering::Relaxed);
+            target
+        })
+    }
+
+    /// Passive check: the node refused a connection, so it is out now, not after
+    /// `unhealthy_threshold` more checks. Returns whether this changed its health.
+    pub fn mark_refused(&self) -> bool {
+        self.ok_streak.store(0, Ordering::Relaxed);
+        self.health.swap(Health::Unhealthy as u8, Ordering::Relaxed) != Health::Unhealthy as u8
+    }
+
+    fn set_config_drain(&self, drain: bool) {
+        self.config_drain.store(drain, Ordering::Relaxed);
+        self.update_draining_since();
+    }
+
+    /// Drain (or undrain) through the admin API.
+    pub fn set_admin_drain(&self, drain: bool) {
+        self.admin_drain.store(drain, Ordering::Relaxed);
+        self.update_draining_since();
+    }
+
+    fn update_draining_since(&self) {
+        if self.is_draining() {
+            let _ = self.draining_since.compare_exchange(
+                0,
+                now_millis(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        } else {
+            self.draining_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Count a proxied HTTP request until the guard drops.
+    pub fn start_request(self: &Arc<Self>) -> Counted {
+        Counted::new(self.clone(), Which::Http)
+    }
+
+    /// Count an open WebSocket until the guard drops.
+    pub fn open_websocket(self: &Arc<Self>) -> Counted {
+        Counted::new(self.clone(), Which::WebSocket)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    Http,
+    WebSocket,
+}
+
+/// Holds one unit of a node's in-flight or WebSocket count; dropping it gives it back.
+#[derive(Debug)]
+pub struct Counted {
+    node: Arc<NodeRuntime>,
+    which: Which,
+}
+
+impl Counted {
+    fn new(node: Arc<NodeRuntime>, which: Which) -> Self {
+        node.counter(which).fetch_add(1, Ordering::Relaxed);
+        Counted { node, which }
+    }
+}
+
+impl NodeRuntime {
+    fn counter(&self, which: Which) -> &AtomicI64 {
+        match which {
+            Which::Http => &self.http_in_flight,
+            Which::WebSocket => &self.websockets,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.node
+            .counter(self.which)
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Every node runtime by name, so that a reload finds the state of nodes it keeps.
+#[derive(Debug, Default)]
+pub struct Registry {
+    by_name: Mutex<HashMap<String, Arc<NodeRuntime>>>,
+}
+
+impl Registry {
+    /// The runtimes for `nodes`: existing ones where name and address are unchanged, new ones
+    /// otherwise. Runtimes of nodes no longer configured are forgotten.
+    pub fn runtimes_for(&self, nodes: &[NodeConfig]) -> Vec<Arc<NodeRuntime>> {
+        let mut by_name = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        let runtimes: Vec<Arc<NodeRuntime>> = nodes
+            .iter()
+            .map(|n| match by_name.get(&n.name) {
+                Some(rt) if rt.address == n.address => {
+                    rt.set_config_drain(n.drain);
+                    rt.clone()
+                }
+                _ => Arc::new(NodeRuntime::new(n)),
+            })
+            .collect();
+        *by_name = runtimes
+            .iter()
+            .map(|rt| (rt.name.clone(), rt.clone()))
+            .collect();
+        runtimes
+    }
+}
+
+/// One node as the current snapshot sees it.
+#[derive(Debug)]
+pub struct Node {
+    /// Its configuration.
+    pub config: NodeConfig,
+    /// Its live state.
+    pub runtime: Arc<NodeRuntime>,
+    /// How to reach its HTTP API and WebSocket, decided at config time.
+    pub http_peer: HttpPeer,
+    /// How to reach its gRPC API (h2c), if it has one.
+    pub grpc_peer: Option<HttpPeer>,
+}
+
+/// Nakama closes idle keep-alive connections after 60 s; the edge lets go of them first, so
+/// that it never sends a request down a connection the node is closing.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(50);
+
+/// Concurrent gRPC streams on one h2c connection to a node (pingora's default is 1).
+const GRPC_STREAMS_PER_CONNECTION: usize = 128;
+
+fn peer(address: SocketAddr, config: &Config, h2c: bool) -> HttpPeer {
+    let mut peer = HttpPeer::new(address, false, String::new());
+    peer.options.connection_timeout = Some(config.timeouts.upstream_connect);
+    peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+    if h2c {
+        peer.options.set_http_version(2, 2);
+        peer.options.max_h2_streams = GRPC_STREAMS_PER_CONNECTION;
+    }
+    peer
+}
+
+/// The nodes of one config snapshot, with the routing tables built from them.
+pub struct Pool {
+    /// The nodes, in config order.
+    pub nodes: Vec<Node>,
+    ring: Continuum,
+    ring_len: usize,
+    round_robin: Vec<u16>,
+    grpc_round_robin: Vec<u16>,
+    next: AtomicUsize,
+}
+
+/// A set of node indexes already tried for one request.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tried(u128);
+
+impl Tried {
+    /// Whether node `i` was tried.
+    pub fn contains(self, i: usize) -> bool {
+        i < 128 && self.0 & (1 << i) != 0
+    }
+    /// Record node `i` as tried.
+    pub fn insert(&mut self, i: usize) {
+        if i < 128 {
+            self.0 |= 1 << i;
+        }
+    }
+}
+
+/// Points on the hash ring per unit of weight; enough that ~1/N of the keys move when one of
+/// N nodes leaves, with a spread within a few percent.
+const RING_POINTS_PER_WEIGHT: usize = 160;
+
+impl Pool {
+    /// Build the pool of `config`, reusing the runtimes in `registry`.
+    pub fn build(config: &Config, registry: &Registry) -> Pool {
+        let runtimes = registry.runtimes_for(&config.nodes);
+        let nodes: Vec<Node> = config
+            .nodes
+            .iter()
+            .zip(runtimes)
+            .map(|(c, runtime)| Node {
+                config: c.clone(),
+                runtime,
+                http_peer: peer(c.address, config, false),
+                grpc_peer: c.grpc.map(|g| peer(g, config, true)),
+            })
+            .collect();
+        let buckets: Vec<Bucket> = nodes
+            .iter()
+            .map(|n| Bucket::new(n.config.address, n.config.weight))
+            .collect();
+        let ring = Continuum::new(&buckets);
+        let ring_len = nodes
+            .iter()
+            .map(|n| n.config.weight as usize)
+            .sum::<usize>()
+            * RING_POINTS_PER_WEIGHT;
+        let round_robin = smooth_weighted_order(nodes.iter().map(|n| n.config.weight).collect());
+        let grpc_round_robin = round_robin
+            .iter()
+            .copied()
+            .filter(|&i| nodes[i as usize].config.grpc.is_some())
+            .collect();
+        Pool {
+            nodes,
+            ring,
+            ring_len,
+            round_robin,
+            grpc_round_robin,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The node named `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.config.name == name)
+    }
+
+    /// Whether any node can take new work.
+    pub fn any_routable(&self) -> bool {
+        self.nodes.iter().any(|n| n.runtime.is_routable())
+    }
+
+    /// Weighted round-robin over routable nodes not in `tried`.
+    pub fn pick_round_robin(&self, tried: Tried) -> Option<usize> {
+        self.pick_from(&self.round_robin, tried)
+    }
+
+    /// Weighted round-robin over routable nodes that serve gRPC.
+    pub fn pick_grpc(&self, tried: Tried) -> Option<usize> {
+        self.pick_from(&self.grpc_round_robin, tried)
+    }
+
+    fn pick_from(&self, order: &[u16], tried: Tried) -> Option<usize> {
+        if order.is_empty() {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..order.len())
+            .map(|k| order[(start + k) % order.len()] as usize)
+            .find(|&i| !tried.contains(i) && self.nodes[i].runtime.is_routable())
+    }
+
+    /// Consistent hashing: the node that owns `key` on the ring, or, when it cannot take work,
+    /// the next routable node along the ring. Keys of routable nodes never move when another
+    /// node leaves or returns.
+    pub fn pick_sticky(&self, key: &[u8], tried: Tried) -> Option<usize> {
+        self.ring
+            .node_iter(key)
+            .take(self.ring_len)
+            .filter_map(|addr| self.nodes.iter().position(|n| n.config.address == *addr))
+            .find(|&i| !tried.contains(i) && self.nodes[i].runtime.is_routable())
+    }
+}
+
+/// Nginx's smooth weighted round-robin, unrolled at config time: weights 5,1,1 give
+/// a a b a c a a rather than a a a a a b c.
+fn smooth_weighted_order(weights: Vec<u32>) -> Vec<u16> {
+    let total: i64 = weights.iter().map(|&w| w as i64).sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut order = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, &w) in weights.iter().enumerate() {
+            current[i] += w as i64;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        order.push(best as u16);
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(nodes: &[(&str, u16, u32)]) -> Config {
+        let mut text = String::new();
+        for (name, port, weight) in nodes {
+            text.push_str(&format!(
+                "[[nodes]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\ngrpc = \"127.0.0.1:{}\"\nweight = {weight}\n",
+                port + 1000
+            ));
+        }
+        Config::parse(&text, "test").unwrap()
+    }
+
+    fn all_healthy(pool: &Pool) {
+        for n in &pool.nodes {
+            n.runtime.record_check(true, 1, 1);
+        }
+    }
+
+    #[test]
+    fn smooth_weights() {
+        assert_eq!(
+            smooth_weighted_order(vec![5, 1, 1]),
+            vec![0, 0, 1, 0, 2, 0, 0]
+        );
+        assert_eq!(smooth_weighted_order(vec![1, 1]), vec![0, 1]);
+    }
+
+    #[test]
+    fn new_nodes_get_no_traffic_until_checked() {
+        let pool = Pool::build(&config(&[("a", 1, 1)]), &Registry::default());
+        assert_eq!(pool.pick_round_robin(Tried::default()), None);
+        assert_eq!(pool.nodes[0].runtime.state(), NodeState::Unknown);
+        assert_eq!(pool.nodes[0].runtime.record_check(true, 2, 3), None);
+        assert_eq!(
+            pool.nodes[0].runtime.record_check(true, 2, 3),
+            Some(Health::Healthy)
+        );
+        assert_eq!(pool.pick_round_robin(Tried::default()), Some(0));
+    }
+
+    #[test]
+    fn thresholds_and_refusal() {
+        let pool = Pool::build(&config(&[("a", 1, 1)]), &Registry::default());
+        let rt = &pool.nodes[0].runtime;
+        rt.record_check(true, 1, 3);
+        assert_eq!(rt.record_check(false, 1, 3), None);
+        assert_eq!(rt.record_check(false, 1, 3), None);
+        assert_eq!(
+            rt.record_check(true, 1, 3),
+            None,
+            "a success resets the failure streak"
+        );
+        assert_eq!(rt.health(), Health::Healthy);
+        assert!(rt.mark_refused());
+        assert_eq!(rt.state(), NodeState::Unhealthy);
+        assert!(!rt.mark_refused());
+    }
+
+    #[test]
+    fn round_robin_skips_unroutable_and_tried() {
+        let pool = Pool::build(
+            &config(&[("a", 1, 1), ("b", 2, 1), ("c", 3, 1)]),
+            &Registry::default(),
+        );
+        all_healthy(&pool);
+        pool.nodes[1].runtime.set_admin_drain(true);
+        let picks: Vec<_> = (0..6)
+            .map(|_| pool.pick_round_robin(Tried::default()).unwrap())
+            .collect();
+        assert!(!picks.contains(&1));
+        assert!(picks.contains(&0) && picks.contains(&2));
+        let mut tried = Tried::default();
+        tried.insert(0);
+        tried.insert(2);
+        assert_eq!(pool.pick_round_robin(tried), None);
+    }
+
+    #[test]
+    fn runtime_survives_reload_unless_address_changes() {
+        let registry = Registry::default();
+        let first = Pool::build(&config(&[("a", 1, 1), ("b", 2, 1)]), &registry);
+        first.nodes[0].runtime.set_admin_drain(true);
+        let second = Pool::build(&config(&[("a", 1, 1), ("b", 5, 1)]), &registry);
+        assert!(Arc::ptr_eq(
+            &first.nodes[0].runtime,
+            &second.nodes[0].runtime
+        ));
+        assert_eq!(second.nodes[0].runtime.state(), NodeState::Draining);
+        assert!(!Arc::ptr_eq(
+            &first.nodes[1].runtime,
+            &second.nodes[1].runtime
+        ));
+    }
+
+    #[test]
+    fn only_the_keys_of_a_leaving_node_move() {
+        let pool = Pool::build(
+            &config(&[("a", 1, 1), ("b", 2, 1), ("c", 3, 1), ("d", 4, 1)]),
+            &Registry::default(),
+        );
+        all_healthy(&pool);
+        let keys: Vec<String> = (0..4000).map(|i| format!("user-{i}")).collect();
+        let before: Vec<usize> = keys
+            .iter()
+            .map(|k| pool.pick_sticky(k.as_bytes(), Tried::default()).unwrap())
+            .collect();
+        pool.nodes[2].runtime.mark_refused();
+        let after: Vec<usize> = keys
+            .iter()
+            .map(|k| pool.pick_sticky(k.as_bytes(), Tried::default()).unwrap())
+            .collect();
+        let mut moved = 0;
+        for (b, a) in before.iter().zip(&after) {
+            if b != a {
+                assert_eq!(*b, 2, "a key of a node that stayed moved");
+                moved += 1;
+            }
+        }
+        let share = moved as f64 / keys.len() as f64;
+        assert!((0.15..0.35).contains(&share), "moved {share}");
+    }
+
+    #[test]
+    fn counters_follow_guards() {
+        let pool = Pool::build(&config(&[("a", 1, 1)]), &Registry::default());
+        let rt = &pool.nodes[0].runtime;
+        let g1 = rt.start_request();
+        let w = rt.open_websocket();
+        assert_eq!((rt.http_in_flight(), rt.websockets()), (1, 1));
+        drop(g1);
+        drop(w);
+        assert_eq!((rt.http_in_flight(), rt.websockets()), (0, 0));
+    }
+
+    #[test]
+    fn drain_expiry() {
+        let pool = Pool::build(&config(&[("a", 1, 1)]), &Registry::default());
+        let rt = &pool.nodes[0].runtime;
+        assert!(!rt.drain_expired(Duration::ZERO));
+        rt.set_admin_drain(true);
+        assert!(rt.drain_expired(Duration::ZERO));
+        assert!(!rt.drain_expired(Duration::from_secs(3600)));
+        rt.set_admin_drain(false);
+        assert!(!rt.drain_expired(Duration::ZERO));
+    }
+}

@@ -1,0 +1,383 @@
+//! The request path: pingora's `ProxyHttp` hooks, from a player's request to a Nakama node.
+//!
+//! ```text
+//!   request_filter ── classify ──► Acme/Redirect: answered here
+//!        │
+//!   upstream_peer ── WebSocket: hash ring on the user id (else client IP)
+//!        │           gRPC: round-robin over nodes with a gRPC address
+//!        │           API: weighted round-robin
+//!   upstream_request_filter ── X-Forwarded-For replaced, client-IP headers removed
+//!        │
+//!   fail_to_connect / error_while_proxy ── node out at once on refusal; retry elsewhere when
+//!        │                                  nothing was answered yet
+//!   upstream_response_filter ── 101: a WebSocket opens, counted on its node
+//!        │
+//!   logging ── per-status-code counters and durations
+//! ```
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use nakama_edge_config::StickyKey;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{ProxyHttp, Session};
+
+use crate::firewall::canonical;
+use crate::pool::{Counted, Tried};
+use crate::route::{classify, Listener, Route};
+use crate::state::{Shared, Snapshot};
+use crate::token;
+
+/// Headers that carry a client address to Nakama or to something behind it. Players must
+/// not be able to set them: the edge writes X-Forwarded-For itself.
+const CLIENT_IP_HEADERS: [&str; 7] = [
+    "x-forwarded-for",
+    "x-real-ip",
+    "forwarded",
+    "cf-connecting-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+];
+
+/// The proxy logic of one listener.
+pub struct Edge {
+    shared: Arc<Shared>,
+    listener: Listener,
+}
+
+impl Edge {
+    /// The proxy of `listener`.
+    pub fn new(shared: Arc<Shared>, listener: Listener) -> Self {
+        Edge { shared, listener }
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    snapshot: Arc<Snapshot>,
+    started: Instant,
+    route: Route,
+    node: Option<usize>,
+    tried: Tried,
+    in_flight: Option<Counted>,
+    websocket: Option<Counted>,
+    /// When the node's response header arrived: nothing is retried after it.
+    answered_at: Option<Instant>,
+}
+
+impl Ctx {
+    fn node_name(&self) -> &str {
+        self.node
+            .and_then(|i| self.snapshot.pool.nodes.get(i))
+            .map_or("none", |n| n.config.name.as_str())
+    }
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| canonical(a.ip()))
+}
+
+fn status_error(code: u16, why: &'static str) -> Box<Error> {
+    Error::explain(ErrorType::HTTPStatus(code), why)
+}
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            snapshot: self.shared.snapshot(),
+            started: Instant::now(),
+            route: Route::Api,
+            node: None,
+            tried: Tried::default(),
+            in_flight: None,
+            websocket: None,
+            answered_at: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let config = &ctx.snapshot.config;
+        ctx.route = classify(
+            session.req_header(),
+            self.listener,
+            config.listeners.http_redirect,
+            &config.routing.websocket_path,
+        );
+        match ctx.route {
+            Route::Acme => {
+                // Reserved for ACME HTTP-01; nothing is pending until ACME issuance exists.
+                session.respond_error(404).await?;
+                Ok(true)
+            }
+            Route::Redirect => {
+                let https_port = config.listeners.https.map_or(443, |a| a.port());
+                match redirect_location(session.req_header(), https_port) {
+                    Some(location) => {
+                        let mut resp = ResponseHeader::build(308, Some(2))?;
+                        resp.insert_header(header::LOCATION, location)?;
+                        resp.insert_header(header::CONTENT_LENGTH, "0")?;
+                        session.write_response_header(Box::new(resp), true).await?;
+                    }
+                    None => session.respond_error(400).await?,
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let snapshot = ctx.snapshot.clone();
+        let pool = &snapshot.pool;
+        let picked = match ctx.route {
+            Route::WebSocket => {
+                let req = session.req_header();
+                let user = match snapshot.config.routing.sticky_key {
+                    StickyKey::User => token::session_token(
+                        req.uri.query(),
+                        req.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+                    )
+                    .and_then(token::user_id),
+                    StickyKey::ClientIp => None,
+                };
+                match user {
+                    Some(uid) => pool.pick_sticky(uid.as_bytes(), ctx.tried),
+                    None => {
+                        let mut buf = [0u8; 16];
+                        pool.pick_sticky(ip_key(client_ip(session), &mut buf), ctx.tried)
+                    }
+                }
+            }
+            Route::Grpc => pool.pick_grpc(ctx.tried),
+            _ => pool.pick_round_robin(ctx.tried),
+        };
+        let Some(i) = picked else {
+            ctx.node = None;
+            ctx.in_flight = None;
+            return Err(status_error(503, "no routable Nakama node"));
+        };
+        let node = &pool.nodes[i];
+        ctx.tried.insert(i);
+        ctx.node = Some(i);
+        ctx.in_flight = Some(node.runtime.start_request());
+        let peer = match (ctx.route, &node.grpc_peer) {
+            (Route::Grpc, Some(grpc)) => grpc,
+            _ => &node.http_peer,
+        };
+        Ok(Box::new(peer.clone()))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        for name in CLIENT_IP_HEADERS {
+            upstream.remove_header(name);
+        }
+        if let Some(ip) = client_ip(session) {
+            upstream.insert_header("x-forwarded-for", ip.to_string())?;
+        }
+        let proto = match self.listener {
+            Listener::Https => "https",
+            Listener::Http => "http",
+        };
+        upstream.insert_header("x-forwarded-proto", proto)?;
+        // HTTP/2 clients send :authority instead of Host; an HTTP/1.1 node needs Host.
+        if upstream.headers.get(header::HOST).is_none() {
+            if let Some(authority) = upstream.uri.authority().map(|a| a.as_str().to_owned()) {
+                upstream.insert_header(header::HOST, authority)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.answered_at = Some(Instant::now());
+        if upstream.status == http::StatusCode::SWITCHING_PROTOCOLS && ctx.route == Route::WebSocket
+        {
+            if let Some(node) = ctx.node.and_then(|i| ctx.snapshot.pool.nodes.get(i)) {
+                ctx.websocket = Some(node.runtime.open_websocket());
+            }
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        self.close_if_drain_expired(ctx)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        self.close_if_drain_expired(ctx).map(|()| None)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(node) = ctx.node.and_then(|i| ctx.snapshot.pool.nodes.get(i)) {
+            if node.runtime.mark_refused() {
+                tracing::warn!(node = %node.config.name, error = %e, "node refused a connection: out of rotation until it passes health checks");
+            }
+        }
+        // Nothing reached the node, so any request may go to another one.
+        e.set_retry(true);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("node {} at {peer}", ctx.node_name()));
+        // A request may be sent again only if the node has not started answering it, it is
+        // idempotent, and its body (if any) can be replayed in full.
+        let retry = ctx.answered_at.is_none()
+            && session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        e.set_retry(retry);
+        e
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let code = session.response_written().map_or(0, |r| r.status.as_u16());
+        // A WebSocket's duration is the time to its upgrade, not its lifetime.
+        let end = match (ctx.route, ctx.answered_at) {
+            (Route::WebSocket, Some(at)) => at,
+            _ => Instant::now(),
+        };
+        let seconds = end.duration_since(ctx.started).as_secs_f64();
+        self.shared
+            .metrics
+            .request(code, ctx.route, ctx.node_name(), seconds);
+        ctx.websocket = None;
+        ctx.in_flight = None;
+    }
+}
+
+impl Edge {
+    /// WebSockets on a draining node are closed once `routing.drain_timeout` has passed. The
+    /// check runs on every frame in either direction; Nakama pings every 15 s, so an expired
+    /// socket is closed within seconds of its deadline.
+    fn close_if_drain_expired(&self, ctx: &Ctx) -> Result<()> {
+        let Some(_) = ctx.websocket else {
+            return Ok(());
+        };
+        let Some(node) = ctx.node.and_then(|i| ctx.snapshot.pool.nodes.get(i)) else {
+            return Ok(());
+        };
+        let drain_timeout = self.shared.snapshot().config.routing.drain_timeout;
+        if node.runtime.drain_expired(drain_timeout) {
+            return Err(Error::explain(
+                ErrorType::ConnectionClosed,
+                "node drained: drain_timeout passed",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn ip_key(ip: Option<IpAddr>, buf: &mut [u8; 16]) -> &[u8] {
+    match ip {
+        Some(IpAddr::V4(v4)) => {
+            buf[..4].copy_from_slice(&v4.octets());
+            &buf[..4]
+        }
+        Some(IpAddr::V6(v6)) => {
+            buf.copy_from_slice(&v6.octets());
+            &buf[..]
+        }
+        None => &buf[..0],
+    }
+}
+
+/// `https://host[:port]/path?query` for a plain-HTTP request, or `None` when the request
+/// names no usable host.
+fn redirect_location(req: &RequestHeader, https_port: u16) -> Option<String> {
+    let host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))?;
+    let authority: http::uri::Authority = host.parse().ok()?;
+    let name = authority.host();
+    if name.is_empty() || authority.as_str().contains('@') {
+        return None;
+    }
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    Some(if https_port == 443 {
+        format!("https://{name}{path}")
+    } else {
+        format!("https://{name}:{https_port}{path}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(path: &str, host: Option<&str>) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+        if let Some(h) = host {
+            r.insert_header("host", h).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn redirects_keep_path_and_query_and_drop_the_port() {
+        assert_eq!(
+            redirect_location(&req("/v2/rpc/x?a=1", Some("play.example.com:80")), 443).as_deref(),
+            Some("https://play.example.com/v2/rpc/x?a=1")
+        );
+        assert_eq!(
+            redirect_location(&req("/", Some("127.0.0.1:8080")), 8443).as_deref(),
+            Some("https://127.0.0.1:8443/")
+        );
+        assert_eq!(
+            redirect_location(&req("/", Some("[::1]:8080")), 8443).as_deref(),
+            Some("https://[::1]:8443/")
+        );
+        assert_eq!(redirect_location(&req("/", None), 443), None);
+        assert_eq!(redirect_location(&req("/", Some("evil@host")), 443), None);
+        assert_eq!(redirect_location(&req("/", Some("a b")), 443), None);
+    }
+}

@@ -1,0 +1,182 @@
+//! The one config snapshot every request reads, and how a new one replaces it.
+//!
+//! ```text
+//!   file change / SIGHUP ──► Shared::reload ──► Config::load ──► certificates re-read
+//!                                   │ all good                      │ any error
+//!                                   ▼                               ▼
+//!                         ArcSwap<Snapshot>.store(new)      old snapshot keeps serving,
+//!                                   │                        error logged and counted
+//!                                   ▼
+//!   every request: Shared::snapshot() (one atomic load) ──► config, pool, firewall
+//! ```
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use nakama_edge_certs::{CertError, CertResolver, CertifiedKey};
+use nakama_edge_config::{CertificateSource, Config, ConfigError};
+use tokio::sync::Notify;
+
+use crate::firewall::Firewall;
+use crate::metrics::Metrics;
+use crate::pool::{Pool, Registry};
+
+/// Everything a request needs from the config, built once per config version.
+pub struct Snapshot {
+    /// The validated config.
+    pub config: Config,
+    /// Nodes and routing tables.
+    pub pool: Pool,
+    /// The compiled firewall.
+    pub firewall: Firewall,
+}
+
+impl Snapshot {
+    fn build(config: Config, registry: &Registry) -> Snapshot {
+        let pool = Pool::build(&config, registry);
+        let firewall = Firewall::new(&config.firewall);
+        Snapshot {
+            config,
+            pool,
+            firewall,
+        }
+    }
+}
+
+/// Where the config comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// `nakama-edge run` without `-c`.
+    Embedded,
+    /// A file, watched for changes.
+    File(PathBuf),
+}
+
+/// Why a reload was refused; the previous config keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The certificate files named by the config could not be used.
+    #[error(transparent)]
+    Certificate(#[from] CertError),
+    /// Nothing to reload from.
+    #[error("the embedded config cannot be reloaded")]
+    Embedded,
+}
+
+/// State shared by every listener, the admin API and the background tasks.
+pub struct Shared {
+    current: ArcSwap<Snapshot>,
+    registry: Registry,
+    /// The process's metrics.
+    pub metrics: Metrics,
+    /// The https listener's certificates.
+    pub certs: Arc<CertResolver>,
+    /// Where the config comes from.
+    pub source: ConfigSource,
+    reload_lock: Mutex<()>,
+    /// Set once every listener accepts connections.
+    pub listeners_bound: AtomicBool,
+    /// Notified after each successful reload.
+    pub reloaded: Notify,
+}
+
+impl Shared {
+    /// Shared state serving `config`, with `initial` as the https certificate.
+    pub fn new(
+        config: Config,
+        source: ConfigSource,
+        initial: Arc<CertifiedKey>,
+    ) -> std::io::Result<Shared> {
+        let registry = Registry::default();
+        let snapshot = Snapshot::build(config, &registry);
+        Ok(Shared {
+            current: ArcSwap::from_pointee(snapshot),
+            registry,
+            metrics: Metrics::new()?,
+            certs: Arc::new(CertResolver::new(initial)),
+            source,
+            reload_lock: Mutex::new(()),
+            listeners_bound: AtomicBool::new(false),
+            reloaded: Notify::new(),
+        })
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Whether the edge can serve players: listeners bound and a node routable.
+    pub fn is_ready(&self) -> bool {
+        self.listeners_bound.load(Ordering::Relaxed) && self.current.load().pool.any_routable()
+    }
+
+    /// Re-read the config file (and the certificate files it names) and, if everything is
+    /// valid, make it the current snapshot. On error nothing changes.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let result = self.try_reload();
+        self.metrics.config_reload(result.is_ok());
+        match &result {
+            Ok(()) => {
+                tracing::info!("config reloaded");
+                self.reloaded.notify_waiters();
+            }
+            Err(e) => {
+                tracing::error!("config reload rejected, the previous config keeps serving:\n{e}")
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<(), ReloadError> {
+        let ConfigSource::File(path) = &self.source else {
+            return Err(ReloadError::Embedded);
+        };
+        let mut config = Config::load(path)?;
+        let old = self.snapshot();
+        if config.listeners != old.config.listeners {
+            tracing::warn!(
+                "listener addresses changed in {}: this takes a restart or `nakama-edge run --upgrade`; \
+                 the old addresses keep serving",
+                path.display()
+            );
+            config.listeners = old.config.listeners.clone();
+        }
+        if config.server != old.config.server {
+            tracing::warn!(
+                "[server] settings changed: they take effect at the next restart or upgrade"
+            );
+        }
+        match &config.certificates {
+            CertificateSource::Files { cert, key } => {
+                let next = nakama_edge_certs::from_pem_files(cert, key)?;
+                if next.cert != self.certs.current().cert {
+                    tracing::info!(cert = %cert.display(), "serving a new certificate");
+                }
+                self.certs.replace(next);
+            }
+            CertificateSource::SelfSigned | CertificateSource::Acme(_) => {}
+        }
+        self.current
+            .store(Arc::new(Snapshot::build(config, &self.registry)));
+        Ok(())
+    }
+
+    /// The files whose change should trigger a reload.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let ConfigSource::File(path) = &self.source else {
+            return Vec::new();
+        };
+        let mut files = vec![path.clone()];
+        if let CertificateSource::Files { cert, key } = &self.snapshot().config.certificates {
+            files.extend([cert.clone(), key.clone()]);
+        }
+        files
+    }
+}
