@@ -1,0 +1,445 @@
+//! `nakama-standin`: see the crate documentation.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use nakama_standin::token;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+struct Node {
+    name: String,
+    server_key: String,
+    session_key: String,
+    ping_interval: Duration,
+    healthy: AtomicBool,
+    websockets: AtomicI64,
+    requests: AtomicU64,
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Full::new(body.into()).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    full(status, "application/json", value.to_string())
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json(
+        status,
+        serde_json::json!({"error": message, "message": message, "code": 16}),
+    )
+}
+
+struct Args {
+    name: String,
+    listen: SocketAddr,
+    grpc: Option<SocketAddr>,
+    server_key: String,
+    session_key: String,
+    ping_interval: Duration,
+    shutdown_grace: Duration,
+}
+
+fn parse_secs(v: &str) -> anyhow::Result<Duration> {
+    let v = v.trim_end_matches('s');
+    Ok(Duration::from_secs_f64(
+        v.parse().with_context(|| format!("bad duration {v:?}"))?,
+    ))
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        name: "nakama".into(),
+        listen: "127.0.0.1:7350".parse()?,
+        grpc: None,
+        server_key: "defaultkey".into(),
+        session_key: "defaultencryptionkey".into(),
+        ping_interval: Duration::from_secs(15),
+        shutdown_grace: Duration::ZERO,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--name" => a.name = value()?,
+            "--listen" => a.listen = value()?.parse()?,
+            "--grpc" => a.grpc = Some(value()?.parse()?),
+            "--server-key" => a.server_key = value()?,
+            "--session-key" => a.session_key = value()?,
+            "--ping-interval" => a.ping_interval = parse_secs(&value()?)?,
+            "--shutdown-grace" => a.shutdown_grace = parse_secs(&value()?)?,
+            other => anyhow::bail!(
+                "unknown flag {other}\nusage: nakama-standin [--name N] [--listen ADDR] [--grpc ADDR] [--server-key K] \
+                 [--session-key K] [--ping-interval SECS] [--shutdown-grace SECS]"
+            ),
+        }
+    }
+    Ok(a)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let node = Arc::new(Node {
+        name: args.name.clone(),
+        server_key: args.server_key,
+        session_key: args.session_key,
+        ping_interval: args.ping_interval,
+        healthy: AtomicBool::new(true),
+        websockets: AtomicI64::new(0),
+        requests: AtomicU64::new(0),
+    });
+    let http = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("bind {}", args.listen))?;
+    let grpc = match args.grpc {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind {addr}"))?,
+        ),
+        None => None,
+    };
+    let http_addr = http.local_addr()?;
+    let grpc_addr = grpc.as_ref().map(|g| g.local_addr()).transpose()?;
+    println!(
+        "LISTENING name={} http={http_addr} grpc={}",
+        node.name,
+        grpc_addr.map_or_else(|| "none".to_string(), |a| a.to_string())
+    );
+
+    let mut servers = vec![tokio::spawn(serve(http, node.clone()))];
+    if let Some(grpc) = grpc {
+        servers.push(tokio::spawn(serve(grpc, node.clone())));
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    term.recv().await;
+    // Nakama: keep accepting and keep /healthcheck green for the whole grace period.
+    eprintln!(
+        "{}: SIGTERM, shutting down in {:?}",
+        node.name, args.shutdown_grace
+    );
+    tokio::time::sleep(args.shutdown_grace).await;
+    for s in servers {
+        s.abort();
+    }
+    // Exiting drops every socket: WebSockets end without a close frame, as Nakama's do.
+    std::process::exit(0);
+}
+
+async fn serve(listener: TcpListener, node: Arc<Node>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(node.clone(), req));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
+fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+fn basic_ok(node: &Node, req: &Request<Incoming>) -> bool {
+    let expected =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:", node.server_key));
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        == Some(expected.as_str())
+}
+
+async fn handle(node: Arc<Node>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    node.requests.fetch_add(1, Ordering::Relaxed);
+    let path = req.uri().path().to_string();
+    let is_grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if is_grpc {
+        return Ok(grpc(&node, &path));
+    }
+    let resp = match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/healthcheck") => {
+            if node.healthy.load(Ordering::Relaxed) {
+                json(StatusCode::OK, serde_json::json!({}))
+            } else {
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "unhealthy (switched off by test)",
+                )
+            }
+        }
+        (Method::GET, "/") => full(StatusCode::OK, "text/plain", ""),
+        (Method::POST, "/standin/health/fail") => {
+            node.healthy.store(false, Ordering::Relaxed);
+            json(StatusCode::OK, serde_json::json!({"healthy": false}))
+        }
+        (Method::POST, "/standin/health/pass") => {
+            node.healthy.store(true, Ordering::Relaxed);
+            json(StatusCode::OK, serde_json::json!({"healthy": true}))
+        }
+        (Method::GET, "/standin/stats") => json(
+            StatusCode::OK,
+            serde_json::json!({
+                "node": node.name,
+                "websockets": node.websockets.load(Ordering::Relaxed),
+                "requests": node.requests.load(Ordering::Relaxed),
+            }),
+        ),
+        (Method::POST, "/v2/account/authenticate/device") => authenticate_device(&node, req).await,
+        (Method::POST, "/v2/account/session/refresh") => refresh(&node, req).await,
+        (_, p) if p.starts_with("/v2/rpc/") => rpc(&node, &req, &p["/v2/rpc/".len()..]),
+        (Method::GET, "/ws") => websocket(node.clone(), &mut req),
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    };
+    Ok(resp)
+}
+
+async fn body_json(req: Request<Incoming>) -> Option<serde_json::Value> {
+    let bytes = req.into_body().collect().await.ok()?.to_bytes();
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn session(node: &Node, uid: &str, username: &str, created: bool) -> Response<Body> {
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "token": token::issue(&node.session_key, uid, username, 3600),
+            "refresh_token": token::issue(&node.session_key, uid, username, 7 * 24 * 3600),
+            "created": created,
+        }),
+    )
+}
+
+async fn authenticate_device(node: &Node, req: Request<Incoming>) -> Response<Body> {
+    if !basic_ok(node, &req) {
+        return error(StatusCode::UNAUTHORIZED, "Server key invalid");
+    }
+    let username = query_param(&req, "username").map(str::to_string);
+    let Some(body) = body_json(req).await else {
+        return error(StatusCode::BAD_REQUEST, "bad body");
+    };
+    let Some(id) = body["id"]
+        .as_str()
+        .filter(|id| (6..=128).contains(&id.len()))
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Device ID invalid, must be 6-128 bytes.",
+        );
+    };
+    let uid = token::user_id_for_device(id);
+    let username = username.unwrap_or_else(|| format!("user{}", &uid[..8]));
+    session(node, &uid, &username, true)
+}
+
+async fn refresh(node: &Node, req: Request<Incoming>) -> Response<Body> {
+    if !basic_ok(node, &req) {
+        return error(StatusCode::UNAUTHORIZED, "Server key invalid");
+    }
+    let Some(body) = body_json(req).await else {
+        return error(StatusCode::BAD_REQUEST, "bad body");
+    };
+    let Some(claims) = body["token"]
+        .as_str()
+        .and_then(|t| token::verify(&node.session_key, t))
+    else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "Refresh token invalid or expired.",
+        );
+    };
+    let (uid, usn) = (
+        claims["uid"].as_str().unwrap_or(""),
+        claims["usn"].as_str().unwrap_or(""),
+    );
+    session(node, uid, usn, false)
+}
+
+fn whoami(node: &Node, req: &Request<Incoming>, uid: Option<&str>) -> String {
+    let h = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    serde_json::json!({
+        "node": node.name,
+        "uid": uid,
+        "x_forwarded_for": h("x-forwarded-for"),
+        "x_forwarded_proto": h("x-forwarded-proto"),
+        "x_real_ip": h("x-real-ip"),
+        "forwarded": h("forwarded"),
+        "cf_connecting_ip": h("cf-connecting-ip"),
+    })
+    .to_string()
+}
+
+fn rpc(node: &Node, req: &Request<Incoming>, id: &str) -> Response<Body> {
+    let claims = bearer(req).and_then(|t| token::verify(&node.session_key, t));
+    let http_key_ok = query_param(req, "http_key") == Some("defaulthttpkey");
+    if claims.is_none() && !http_key_ok {
+        return error(StatusCode::UNAUTHORIZED, "Auth token or HTTP key required");
+    }
+    match id {
+        "whoami" => {
+            let uid = claims.as_ref().and_then(|c| c["uid"].as_str());
+            json(
+                StatusCode::OK,
+                serde_json::json!({"id": "whoami", "payload": whoami(node, req, uid)}),
+            )
+        }
+        _ => error(StatusCode::NOT_FOUND, "RPC function not found"),
+    }
+}
+
+fn websocket(node: Arc<Node>, req: &mut Request<Incoming>) -> Response<Body> {
+    let token = query_param(req, "token").or_else(|| bearer(req));
+    let Some(claims) = token.and_then(|t| token::verify(&node.session_key, t)) else {
+        return error(StatusCode::UNAUTHORIZED, "Auth token invalid");
+    };
+    let Some(key) = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| derive_accept_key(k.as_bytes()))
+    else {
+        return error(StatusCode::BAD_REQUEST, "not a WebSocket upgrade");
+    };
+    let info = whoami(&node, req, claims["uid"].as_str());
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        node.websockets.fetch_add(1, Ordering::Relaxed);
+        realtime(&node, ws, &info).await;
+        node.websockets.fetch_sub(1, Ordering::Relaxed);
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::SEC_WEBSOCKET_ACCEPT, key)
+        .body(Full::new(Bytes::new()).boxed())
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+/// The realtime protocol, as much of it as tests use: envelopes `{cid, ping}` → `{cid, pong}`
+/// and `{cid, rpc: {id: "whoami"}}` → `{cid, rpc: {id, payload}}`.
+async fn realtime(node: &Node, ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, info: &str) {
+    let (mut tx, mut rx) = ws.split();
+    let mut ping = tokio::time::interval(node.ping_interval);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            _ = ping.tick() => {
+                if tx.send(Message::Ping(Bytes::from_static(b"nakama"))).await.is_err() { return; }
+            }
+            msg = rx.next() => {
+                let Some(Ok(msg)) = msg else { return };
+                let text = match msg {
+                    Message::Text(t) => t.to_string(),
+                    Message::Binary(b) => String::from_utf8_lossy(&b).to_string(),
+                    Message::Close(_) => { let _ = tx.send(Message::Close(None)).await; return; }
+                    _ => continue,
+                };
+                let Ok(envelope) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+                let cid = envelope.get("cid").cloned().unwrap_or(serde_json::Value::Null);
+                let reply = if envelope.get("ping").is_some() {
+                    serde_json::json!({"cid": cid, "pong": {}})
+                } else if let Some(rpc) = envelope.get("rpc") {
+                    match rpc["id"].as_str() {
+                        Some("whoami") => serde_json::json!({"cid": cid, "rpc": {"id": "whoami", "payload": info}}),
+                        _ => serde_json::json!({"cid": cid, "error": {"code": 5, "message": "RPC function not found"}}),
+                    }
+                } else {
+                    continue;
+                };
+                if tx.send(Message::Text(reply.to_string().into())).await.is_err() { return; }
+            }
+        }
+    }
+}
+
+/// gRPC over h2c: `Healthcheck` (empty response) and `RpcFunc` (an `Rpc` with the node's name).
+fn grpc(node: &Node, path: &str) -> Response<Body> {
+    let message: Vec<u8> = match path {
+        "/nakama.api.Nakama/Healthcheck" => Vec::new(),
+        "/nakama.api.Nakama/RpcFunc" => {
+            let payload = serde_json::json!({"node": node.name}).to_string();
+            let mut m = Vec::new();
+            for (tag, value) in [(0x0a_u8, "whoami"), (0x12, payload.as_str())] {
+                m.push(tag);
+                m.push(value.len() as u8);
+                m.extend_from_slice(value.as_bytes());
+            }
+            m
+        }
+        _ => {
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/grpc")
+                .header("grpc-status", "12")
+                .header("grpc-message", "unknown method")
+                .body(Full::new(Bytes::new()).boxed())
+                .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response"));
+        }
+    };
+    let mut frame = BytesMut::with_capacity(5 + message.len());
+    frame.put_u8(0);
+    frame.put_u32(message.len() as u32);
+    frame.put_slice(&message);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(vec![
+        Ok::<_, Infallible>(hyper::body::Frame::data(frame.freeze())),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ]));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .body(BodyExt::boxed(body))
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
