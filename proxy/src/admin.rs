@@ -5,7 +5,7 @@
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when listeners are bound and a node is routable, else 503 |
-//! | `GET /nodes` | JSON: name, address, state, http_in_flight, websockets |
+//! | `GET /nodes` | JSON: name, address, state, health, http_in_flight, websockets |
 //! | `POST /nodes/{name}/drain`, `/undrain` | runtime drain; 404 for an unknown node |
 
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde::Serialize;
 
-use crate::pool::{Node, NodeState};
+use crate::pool::{Health, Node, NodeState};
 use crate::state::Shared;
 
 /// The admin API.
@@ -37,6 +37,7 @@ pub struct NodeView<'a> {
     name: &'a str,
     address: String,
     state: NodeState,
+    health: Health,
     http_in_flight: i64,
     websockets: i64,
 }
@@ -47,6 +48,7 @@ impl<'a> NodeView<'a> {
             name: &node.config.name,
             address: node.config.address.to_string(),
             state: node.runtime.state(),
+            health: node.runtime.health(),
             http_in_flight: node.runtime.http_in_flight(),
             websockets: node.runtime.websockets(),
         }

@@ -26,8 +26,10 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_ketama::{Bucket, Continuum};
 use serde::Serialize;
 
-/// What the health checks (active and passive) say about a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the health checks (active and passive) say about a node. Shown as `health` in
+/// `GET /nodes`, so that an operator can watch a drained node come back before undraining it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 #[repr(u8)]
 pub enum Health {
     /// Not checked yet: no traffic until a check passes.

@@ -1,0 +1,172 @@
+//! The command line of CONTRACT.md: check, drain, undrain, and `run` with no config.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+fn check(text: &str) -> (i32, String, String) {
+    let dir = TempDir::new("check");
+    let path = dir.path().join("edge.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(edge_bin())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn check_accepts_a_good_file_with_a_summary() {
+    let (code, stdout, _) = check("[[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:7350\"\n");
+    assert_eq!(code, 0);
+    assert_eq!(stdout.lines().count(), 1);
+    assert!(stdout.starts_with("ok: 1 node(s)"), "{stdout}");
+}
+
+#[test]
+fn check_lists_every_problem_with_line_and_column_and_exits_1() {
+    let text = "[server]\nthreads = 0\n\n[[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:7351\"\n\n[firewall]\ndeny = [\"300.0.0.0/8\"]\n";
+    let (code, stdout, stderr) = check(text);
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty());
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(
+        lines[0].contains("edge.toml:2:11:") && lines[0].contains("server.threads"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains("edge.toml:6:11:") && lines[1].contains("console port"),
+        "{stderr}"
+    );
+    assert!(
+        lines[2].contains("edge.toml:9:9:") && lines[2].contains("300.0.0.0/8"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_reports_unknown_keys_and_missing_files_as_user_errors() {
+    let (code, _, stderr) = check("[listeners]\nhttps = \"127.0.0.1:1\"\nhttp2 = true\n");
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains(":3:1:") && stderr.contains("http2"),
+        "{stderr}"
+    );
+    let out = Command::new(edge_bin())
+        .args(["check", "-c", "/nonexistent/edge.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_and_undrain_through_the_cli() {
+    let (a, b) = (StandIn::start("a"), StandIn::start("b"));
+    let edge = Edge::start(&format!("{}{}", a.toml(), b.toml()), "");
+    edge.wait_healthy(&["a", "b"]).await;
+    let admin = edge.admin.to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new(edge_bin())
+            .args(args)
+            .args(["--admin", &admin])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+
+    let (code, stdout) =
+        tokio::task::block_in_place(|| run(&["drain", "a", "--wait", "--timeout", "20s"]));
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("a: drained"), "{stdout}");
+    assert_eq!(edge.node_state("a").await, "draining");
+
+    let (code, _) = tokio::task::block_in_place(|| run(&["undrain", "a"]));
+    assert_eq!(code, 0);
+    assert_eq!(edge.node_state("a").await, "healthy");
+
+    let (code, _) = tokio::task::block_in_place(|| run(&["drain", "nope"]));
+    assert_eq!(code, 1, "an unknown node is a user error");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_wait_times_out_with_exit_1_while_a_websocket_stays() {
+    let a = StandIn::start("a");
+    let edge = Edge::start(&a.toml(), "");
+    edge.wait_healthy(&["a"]).await;
+    let client = edge.client(None);
+    let s = edge.authenticate(&client, "stays-open").await;
+    let mut ws = edge.websocket(&s.token, ip("127.0.0.1")).await.unwrap();
+    assert_eq!(ws.node().await, "a");
+    let admin = edge.admin.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(edge_bin())
+            .args(["drain", "a", "--wait", "--timeout", "1s", "--admin", &admin])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("1 WebSocket(s) left"), "{stdout}");
+    assert_eq!(ws.node().await, "a");
+}
+
+/// `nakama-edge run` with no config: the contract's development default.
+#[tokio::test]
+async fn run_without_a_config_serves_the_embedded_default() {
+    // The default's ports are fixed (8443, 8080, 9180, node on 7350); skip only if another
+    // process already holds them, and say so.
+    for port in [8443, 8080, 9180, 7350, 7349] {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            panic!("port {port} is in use: this test needs the embedded default's ports free");
+        }
+    }
+    let _node = StandIn::start_with("local", "127.0.0.1:7350".parse().unwrap(), &[]);
+    let dir = TempDir::new("default");
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut child = Command::new(edge_bin())
+        .arg("run")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    eventually("ready on 9180", || async {
+        client
+            .get("http://127.0.0.1:9180/readyz")
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let r = client
+        .get("https://127.0.0.1:8443/healthcheck")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .get("http://127.0.0.1:8080/v2/x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(r.headers()["location"], "https://127.0.0.1:8443/v2/x");
+    let _ = child.kill();
+    let _ = child.wait();
+}

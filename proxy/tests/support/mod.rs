@@ -1,0 +1,607 @@
+//! Test support: real `nakama-edge` and `nakama-standin` processes on loopback, real clients.
+//!
+//! Every process started here is killed when its handle drops. Waiting is always for a
+//! condition with a generous deadline ([`eventually`]), never a fixed sleep.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long any awaited condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Wait until `check` is true, polling; panic after [`DEADLINE`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "nakama-edge-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn edge_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_nakama-edge"))
+}
+
+/// The stand-in node's binary, built if this test run did not build it.
+pub fn standin_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = edge_bin().with_file_name("nakama-standin");
+        if !bin.exists() {
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "-p", "nakama-standin"]);
+            if bin.to_string_lossy().contains("/release/") {
+                cmd.arg("--release");
+            }
+            assert!(
+                cmd.status().unwrap().success(),
+                "building nakama-standin failed"
+            );
+        }
+        bin
+    })
+    .clone()
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+/// A stand-in Nakama node process.
+pub struct StandIn {
+    child: Child,
+    pub name: String,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+}
+
+impl StandIn {
+    pub fn start(name: &str) -> StandIn {
+        StandIn::start_with(name, "127.0.0.1:0".parse().unwrap(), &[])
+    }
+
+    /// Start on `http` (port 0: any) with extra flags.
+    pub fn start_with(name: &str, http: SocketAddr, flags: &[&str]) -> StandIn {
+        let mut child = Command::new(standin_bin())
+            .args([
+                "--name",
+                name,
+                "--listen",
+                &http.to_string(),
+                "--grpc",
+                "127.0.0.1:0",
+            ])
+            .args(flags)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let field = |k: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(k))
+                .unwrap_or_else(|| panic!("stand-in {name} did not start: {line:?}"))
+                .parse()
+                .unwrap()
+        };
+        let (http, grpc) = (field("http="), field("grpc="));
+        StandIn {
+            child,
+            name: name.to_string(),
+            http,
+            grpc,
+        }
+    }
+
+    /// `[[nodes]]` entry for this node.
+    pub fn toml(&self) -> String {
+        format!(
+            "[[nodes]]\nname = \"{}\"\naddress = \"{}\"\ngrpc = \"{}\"\n",
+            self.name, self.http, self.grpc
+        )
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(&self) {
+        signal(&self.child, libc::SIGTERM);
+    }
+
+    /// Open WebSockets and requests the node itself counts.
+    pub async fn stats(&self) -> Value {
+        reqwest::get(format!("http://{}/standin/stats", self.http))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn set_healthy(&self, healthy: bool) {
+        let action = if healthy { "pass" } else { "fail" };
+        let r = reqwest::Client::new()
+            .post(format!("http://{}/standin/health/{action}", self.http))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A test CA and a certificate for localhost / 127.0.0.1 signed by it.
+pub struct TestCerts {
+    pub ca_pem: String,
+    ca_cert: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl TestCerts {
+    pub fn new() -> TestCerts {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "nakama-edge test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_cert = params.self_signed(&ca_key).unwrap();
+        TestCerts {
+            ca_pem: ca_cert.pem(),
+            ca_cert,
+            ca_key,
+        }
+    }
+
+    /// Write a fresh leaf certificate and key for `localhost`/`127.0.0.1` (and `extra` names),
+    /// and return the leaf's DER.
+    pub fn write_leaf(&self, cert: &Path, key: &Path, common_name: &str) -> Vec<u8> {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = params
+            .signed_by(&leaf_key, &self.ca_cert, &self.ca_key)
+            .unwrap();
+        write_atomically(cert, &leaf.pem());
+        write_atomically(key, &leaf_key.serialize_pem());
+        leaf.der().to_vec()
+    }
+
+    pub fn root_store(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_cert.der().clone()).unwrap();
+        roots
+    }
+
+    /// A rustls client config trusting the test CA, offering `alpn`.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(self.root_store())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+/// Write a file the way deployment tools do: a temporary file renamed over the old one.
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A running `nakama-edge` with its config file and certificates in a temp dir.
+pub struct Edge {
+    child: Child,
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub certs: TestCerts,
+    pub config_path: PathBuf,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    log_path: PathBuf,
+    dir: TempDir,
+}
+
+/// The default test sections: quick health checks.
+const TEST_HEALTH_CHECK: &str =
+    "[health_check]\ninterval = \"200ms\"\ntimeout = \"500ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 1\n";
+
+impl Edge {
+    /// Start an edge in front of `nodes` (their `[[nodes]]` TOML) with extra `sections`.
+    pub fn start(nodes: &str, sections: &str) -> Edge {
+        let dir = TempDir::new("edge");
+        let certs = TestCerts::new();
+        let cert_path = dir.path().join("fullchain.pem");
+        let key_path = dir.path().join("privkey.pem");
+        certs.write_leaf(&cert_path, &key_path, "first");
+        let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config_path = dir.path().join("edge.toml");
+        let log_path = dir.path().join("edge.log");
+        let mut edge = Edge {
+            child: Command::new("true").spawn().unwrap(),
+            https,
+            http,
+            admin,
+            certs,
+            config_path,
+            cert_path,
+            key_path,
+            log_path,
+            dir,
+        };
+        edge.write_config(nodes, sections);
+        let log = std::fs::File::create(&edge.log_path).unwrap();
+        edge.child = Command::new(edge_bin())
+            .args(["run", "-c"])
+            .arg(&edge.config_path)
+            .env(
+                "NAKAMA_EDGE_LOG",
+                "info,pingora_core=warn,pingora_proxy=warn",
+            )
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        edge
+    }
+
+    /// The config text for `nodes` and `sections`, with this edge's listeners and certificate.
+    pub fn config_text(&self, nodes: &str, sections: &str) -> String {
+        let health = if sections.contains("[health_check]") {
+            ""
+        } else {
+            TEST_HEALTH_CHECK
+        };
+        format!(
+            "[server]\nthreads = 1\ngrace_period = \"1s\"\n\n[listeners]\nhttps = \"{}\"\nhttp = \"{}\"\nadmin = \"{}\"\n\n\
+             [tls]\ncert = \"{}\"\nkey = \"{}\"\n\n{health}\n{sections}\n\n{nodes}",
+            self.https,
+            self.http,
+            self.admin,
+            self.cert_path.display(),
+            self.key_path.display(),
+        )
+    }
+
+    pub fn write_config(&self, nodes: &str, sections: &str) {
+        write_atomically(&self.config_path, &self.config_text(nodes, sections));
+    }
+
+    pub fn write_raw_config(&self, text: &str) {
+        write_atomically(&self.config_path, text);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        signal(&self.child, sig);
+    }
+
+    /// Whether the process has exited, and how.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.https.port())
+    }
+
+    async fn admin_get(&self, path: &str) -> Option<reqwest::Response> {
+        reqwest::get(format!("http://{}{path}", self.admin))
+            .await
+            .ok()
+    }
+
+    /// `GET /nodes` as JSON.
+    pub async fn nodes(&self) -> Vec<Value> {
+        let r = self.admin_get("/nodes").await.expect("admin API answers");
+        r.json().await.unwrap()
+    }
+
+    /// The `state` of node `name` in `GET /nodes`.
+    pub async fn node_state(&self, name: &str) -> String {
+        self.nodes()
+            .await
+            .into_iter()
+            .find(|n| n["name"] == name)
+            .map(|n| n["state"].as_str().unwrap_or("").to_string())
+            .unwrap_or_else(|| "absent".to_string())
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.admin_get("/metrics")
+            .await
+            .expect("admin API answers")
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of the series `series` (name with labels exactly as exposed), 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
+    pub async fn admin_post(&self, path: &str) -> reqwest::StatusCode {
+        reqwest::Client::new()
+            .post(format!("http://{}{path}", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    /// Wait until the edge answers and every node in `names` is healthy.
+    pub async fn wait_healthy(&self, names: &[&str]) {
+        eventually("the admin API", || async {
+            self.admin_get("/healthz").await.is_some()
+        })
+        .await;
+        for name in names {
+            eventually(&format!("node {name} healthy"), || async {
+                self.node_state(name).await == "healthy"
+            })
+            .await;
+        }
+        eventually("/readyz 200", || async {
+            self.admin_get("/readyz")
+                .await
+                .is_some_and(|r| r.status() == 200)
+        })
+        .await;
+    }
+
+    /// An HTTPS client trusting the test CA, sending from `source` (127.0.0.1 if `None`).
+    pub fn client(&self, source: Option<IpAddr>) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(self.certs.ca_pem.as_bytes()).unwrap();
+        reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .tls_built_in_root_certs(false)
+            .local_address(source)
+            .resolve("localhost", self.https)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    }
+
+    /// Authenticate a device through the edge.
+    pub async fn authenticate(&self, client: &reqwest::Client, device_id: &str) -> Session {
+        let r = client
+            .post(self.url("/v2/account/authenticate/device?create=true"))
+            .basic_auth("defaultkey", Some(""))
+            .json(&serde_json::json!({ "id": device_id }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        Session {
+            token: v["token"].as_str().unwrap().to_string(),
+            refresh_token: v["refresh_token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// Open a WSS connection to `/ws` with `token`, from `source`.
+    pub async fn websocket(
+        &self,
+        token: &str,
+        source: IpAddr,
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        let tcp = socket.connect(self.https).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(self.certs.client_config(&[b"http/1.1"]));
+        let tls = connector
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let url = format!(
+            "wss://localhost:{}/ws?lang=en&status=true&token={token}",
+            self.https.port()
+        );
+        let (ws, _) = tokio_tungstenite::client_async(url, tls).await?;
+        Ok(Ws {
+            inner: ws,
+            next_cid: 1,
+        })
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- nakama-edge log ----\n{}", self.log());
+        }
+    }
+}
+
+/// A Nakama session.
+pub struct Session {
+    pub token: String,
+    pub refresh_token: String,
+}
+
+/// A realtime socket.
+pub struct Ws {
+    inner:
+        tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    next_cid: u64,
+}
+
+impl Ws {
+    /// Ask the node who it is over the socket: the `whoami` rpc's payload.
+    pub async fn whoami(&mut self) -> Result<Value, String> {
+        let cid = self.next_cid.to_string();
+        self.next_cid += 1;
+        let msg =
+            serde_json::json!({"cid": cid, "rpc": {"id": "whoami", "payload": ""}}).to_string();
+        self.inner
+            .send(Message::Text(msg.into()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.inner.next())
+                .await
+                .map_err(|_| "no answer".to_string())?;
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).map_err(|e| e.to_string())?;
+                    if v["cid"] == cid.as_str() {
+                        return serde_json::from_str(v["rpc"]["payload"].as_str().unwrap_or(""))
+                            .map_err(|e| e.to_string());
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("closed".to_string()),
+            }
+        }
+    }
+
+    /// The name of the node behind this socket.
+    pub async fn node(&mut self) -> String {
+        self.whoami().await.unwrap()["node"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Wait for the socket to be closed by the other side; how it ended.
+    pub async fn closed(&mut self) -> String {
+        loop {
+            match tokio::time::timeout(DEADLINE, self.inner.next()).await {
+                Err(_) => panic!("socket still open after {DEADLINE:?}"),
+                Ok(None) => return "eof".to_string(),
+                Ok(Some(Err(e))) => return format!("error: {e}"),
+                Ok(Some(Ok(Message::Close(frame)))) => return format!("close: {frame:?}"),
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.inner.close(None).await;
+    }
+}
+
+/// `whoami` over HTTP through the edge, with the http_key.
+pub async fn whoami_http(edge: &Edge, client: &reqwest::Client) -> Result<Value, String> {
+    let r = client
+        .get(edge.url("/v2/rpc/whoami?http_key=defaulthttpkey"))
+        .send()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    if r.status() != 200 {
+        return Err(format!("status {}", r.status()));
+    }
+    let v: Value = r.json().await.map_err(|e| e.to_string())?;
+    serde_json::from_str(v["payload"].as_str().unwrap_or("")).map_err(|e| e.to_string())
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
