@@ -73,10 +73,13 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     } = options;
     let certificate = initial_certificate(&config)?;
 
-    let mut conf = ServerConf::default();
-    conf.threads = config.server.threads;
-    conf.grace_period_seconds = Some(config.server.grace_period.as_secs());
-    conf.graceful_shutdown_timeout_seconds = Some(config.server.grace_period.as_secs().max(1));
+    let grace = config.server.grace_period.as_secs();
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(grace),
+        graceful_shutdown_timeout_seconds: Some(grace.max(1)),
+        ..Default::default()
+    };
     let opt = Opt {
         upgrade,
         ..Default::default()

@@ -1,0 +1,55 @@
+// The official Nakama JavaScript client through nakama-edge: each player authenticates,
+// opens the realtime socket from 127.0.0.1, 127.0.0.2 and 127.0.0.3 in turn, refreshes their
+// session and connects again, asking the node behind the socket who it is each time.
+//
+// Usage: EDGE_PORT=8443 NODE_EXTRA_CA_CERTS=ca.pem node sticky.mjs PLAYERS
+// Prints one JSON line: [{device, userId, nodes: [...], refreshed: bool}, ...]
+
+import { Client } from "@heroiclabs/nakama-js";
+import WebSocketImpl from "ws";
+
+// Node 20 has no global WebSocket; nakama-js expects one. This one also lets the test choose
+// the source address, as a player moving between networks would.
+let sourceAddress = "127.0.0.1";
+globalThis.WebSocket = class extends WebSocketImpl {
+  constructor(url, protocols) {
+    super(url, protocols, { localAddress: sourceAddress });
+  }
+};
+
+const port = process.env.EDGE_PORT;
+const players = Number(process.argv[2] ?? "10");
+const client = new Client("defaultkey", "localhost", port, true, 10000);
+
+async function nodeBehind(session, source) {
+  sourceAddress = source;
+  const socket = client.createSocket(true, false);
+  await socket.connect(session, true);
+  const rpc = await socket.rpc("whoami", "");
+  socket.disconnect(false);
+  return JSON.parse(rpc.payload).node;
+}
+
+const results = [];
+for (let i = 0; i < players; i++) {
+  const device = `nakama-js-device-${String(i).padStart(4, "0")}`;
+  const session = await client.authenticateDevice(device, true);
+  const nodes = [];
+  for (const source of ["127.0.0.1", "127.0.0.2", "127.0.0.3"]) {
+    nodes.push(await nodeBehind(session, source));
+  }
+  const tokenBefore = session.token;
+  const userIdBefore = session.user_id;
+  // nakama-js updates the session object in place.
+  const refreshed = await client.sessionRefresh(session);
+  nodes.push(await nodeBehind(refreshed, "127.0.0.2"));
+  results.push({
+    device,
+    userId: userIdBefore,
+    refreshedUserId: refreshed.user_id,
+    nodes,
+    refreshed: refreshed.token !== tokenBefore,
+  });
+}
+console.log(JSON.stringify(results));
+process.exit(0);
