@@ -67,7 +67,8 @@ pub struct Server {
     pub grace_period: Duration,
 }
 
-/// `[listeners]`. Changing any of these takes a restart (or `--upgrade`).
+/// `[listeners]`. Changing an address takes a restart (or `--upgrade`); `http_redirect`
+/// applies on reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listeners {
     /// Players: HTTPS, WSS and gRPC over TLS.
@@ -80,6 +81,13 @@ pub struct Listeners {
     pub admin: Option<SocketAddr>,
     /// Optional console listener, for `firewall.console_allow` only.
     pub console: Option<SocketAddr>,
+}
+
+impl Listeners {
+    /// The addresses, which a running process cannot change.
+    pub fn addresses(&self) -> [Option<SocketAddr>; 4] {
+        [self.https, self.http, self.admin, self.console]
+    }
 }
 
 /// Where the https listener's certificate comes from.

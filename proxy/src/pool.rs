@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use nakama_edge_config::{Config, Node as NodeConfig};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_ketama::{Bucket, Continuum};
+use pingora_ketama::{Bucket, Continuum, DEFAULT_POINT_MULTIPLE};
 use serde::Serialize;
 
 /// What the health checks (active and passive) say about a node. Shown as `health` in
@@ -349,10 +349,6 @@ impl Tried {
     }
 }
 
-/// Points on the hash ring per unit of weight; enough that ~1/N of the keys move when one of
-/// N nodes leaves, with a spread within a few percent.
-const RING_POINTS_PER_WEIGHT: usize = 160;
-
 impl Pool {
     /// Build the pool of `config`, reusing the runtimes in `registry`.
     pub fn build(config: &Config, registry: &Registry) -> Pool {
@@ -377,7 +373,7 @@ impl Pool {
             .iter()
             .map(|n| n.config.weight as usize)
             .sum::<usize>()
-            * RING_POINTS_PER_WEIGHT;
+            * DEFAULT_POINT_MULTIPLE as usize;
         let round_robin = smooth_weighted_order(nodes.iter().map(|n| n.config.weight).collect());
         let grpc_round_robin = round_robin
             .iter()
@@ -426,7 +422,8 @@ impl Pool {
 
     /// Consistent hashing: the node that owns `key` on the ring, or, when it cannot take work,
     /// the next routable node along the ring. Keys of routable nodes never move when another
-    /// node leaves or returns.
+    /// node leaves or returns. The walk is bounded by the ring's size (160 points per unit of
+    /// weight, nginx's figure), which visits every node.
     pub fn pick_sticky(&self, key: &[u8], tried: Tried) -> Option<usize> {
         self.ring
             .node_iter(key)

@@ -140,13 +140,15 @@ impl Shared {
         };
         let mut config = Config::load(path)?;
         let old = self.snapshot();
-        if config.listeners != old.config.listeners {
+        if config.listeners.addresses() != old.config.listeners.addresses() {
             tracing::warn!(
                 "listener addresses changed in {}: this takes a restart or `nakama-edge run --upgrade`; \
                  the old addresses keep serving",
                 path.display()
             );
+            let http_redirect = config.listeners.http_redirect;
             config.listeners = old.config.listeners.clone();
+            config.listeners.http_redirect = http_redirect;
         }
         if config.server != old.config.server {
             tracing::warn!(

@@ -174,18 +174,20 @@ async fn the_http_listener_redirects_and_reserves_the_acme_path() {
 async fn the_http_listener_proxies_when_redirect_is_off() {
     let a = StandIn::start("a");
     let edge = Edge::start(&a.toml(), "");
+    edge.wait_healthy(&["a"]).await;
+    let plain = format!("http://{}/v2/rpc/whoami?http_key=defaulthttpkey", edge.http);
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    assert_eq!(no_redirects.get(&plain).send().await.unwrap().status(), 308);
     // Turn the redirect off: a listener setting that is not an address, so it applies live.
     let text = edge
         .config_text(&a.toml(), "")
         .replace("[listeners]\n", "[listeners]\nhttp_redirect = false\n");
     edge.write_raw_config(&text);
-    edge.wait_healthy(&["a"]).await;
     eventually("proxied over plain HTTP", || async {
-        let r = reqwest::get(format!(
-            "http://{}/v2/rpc/whoami?http_key=defaulthttpkey",
-            edge.http
-        ))
-        .await;
+        let r = no_redirects.get(&plain).send().await;
         match r {
             Ok(r) if r.status() == 200 => {
                 let v: serde_json::Value = r.json().await.unwrap();

@@ -69,9 +69,7 @@ fn check_reports_unknown_keys_and_missing_files_as_user_errors() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn drain_and_undrain_through_the_cli() {
-    let (a, b) = (StandIn::start("a"), StandIn::start("b"));
-    let edge = Edge::start(&format!("{}{}", a.toml(), b.toml()), "");
-    edge.wait_healthy(&["a", "b"]).await;
+    let (_nodes, edge) = cluster(&["a", "b"]).await;
     let admin = edge.admin.to_string();
     let run = |args: &[&str]| {
         let out = Command::new(edge_bin())

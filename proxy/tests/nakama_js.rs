@@ -31,13 +31,7 @@ fn install_js_client() {
 #[tokio::test(flavor = "multi_thread")]
 async fn nakama_js_players_keep_their_node_across_addresses_and_refreshes() {
     install_js_client();
-    let (a, b, c) = (
-        StandIn::start("a"),
-        StandIn::start("b"),
-        StandIn::start("c"),
-    );
-    let edge = Edge::start(&format!("{}{}{}", a.toml(), b.toml(), c.toml()), "");
-    edge.wait_healthy(&["a", "b", "c"]).await;
+    let (_nodes, edge) = cluster(&["a", "b", "c"]).await;
     let ca = edge.dir().join("ca.pem");
     std::fs::write(&ca, &edge.certs.ca_pem).unwrap();
 

@@ -32,10 +32,11 @@ async fn editing_the_config_under_live_websockets_drops_none() {
         sockets.push((ws, node));
     }
 
-    // Add a node, change health checking and routing settings, drain nothing.
+    // Add a node, change health checking and routing settings, and drain b.
     let sections = "[health_check]\ninterval = \"300ms\"\ntimeout = \"400ms\"\nunhealthy_threshold = 3\nhealthy_threshold = 1\n\
                     [routing]\ndrain_timeout = \"10m\"\n[rate_limit]\nrequests_per_second = 500\n";
-    edge.write_config(&format!("{}{}{}", a.toml(), b.toml(), c.toml()), sections);
+    let nodes = format!("{}{}drain = true\n{}", a.toml(), b.toml(), c.toml());
+    edge.write_config(&nodes, sections);
     eventually("reload", || async {
         reloads(&edge, "success").await >= 1.0
     })
@@ -44,6 +45,7 @@ async fn editing_the_config_under_live_websockets_drops_none() {
         edge.node_state("c").await == "healthy"
     })
     .await;
+    assert_eq!(edge.node_state("b").await, "draining");
 
     for (ws, node) in sockets.iter_mut() {
         assert_eq!(
@@ -153,15 +155,7 @@ async fn a_listener_change_is_logged_as_needing_a_restart() {
 
 /// The certificate the https listener presents now.
 async fn served_certificate(edge: &Edge) -> Vec<u8> {
-    let tcp = tokio::net::TcpStream::connect(edge.https).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(edge.certs.client_config(&[b"h2"]));
-    let tls = connector
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let tls = edge.tls_connect(ip("127.0.0.1"), &[b"h2"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }

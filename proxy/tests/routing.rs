@@ -59,13 +59,7 @@ async fn x_forwarded_for_is_replaced_and_client_ip_headers_are_dropped() {
 
 #[tokio::test]
 async fn a_user_keeps_their_node_across_reconnects_from_new_addresses_and_token_refreshes() {
-    let (a, b, c) = (
-        StandIn::start("a"),
-        StandIn::start("b"),
-        StandIn::start("c"),
-    );
-    let edge = Edge::start(&format!("{}{}{}", a.toml(), b.toml(), c.toml()), "");
-    edge.wait_healthy(&["a", "b", "c"]).await;
+    let (_nodes, edge) = cluster(&["a", "b", "c"]).await;
     let client = edge.client(None);
     let mut first_nodes = HashMap::new();
     for i in 0..24 {
@@ -125,9 +119,7 @@ async fn a_bad_token_is_refused_by_the_node_before_the_upgrade() {
 
 #[tokio::test]
 async fn grpc_goes_to_the_grpc_port_over_h2() {
-    let (a, b) = (StandIn::start("a"), StandIn::start("b"));
-    let edge = Edge::start(&format!("{}{}", a.toml(), b.toml()), "");
-    edge.wait_healthy(&["a", "b"]).await;
+    let (_nodes, edge) = cluster(&["a", "b"]).await;
     let ca = edge.dir().join("ca.pem");
     std::fs::write(&ca, &edge.certs.ca_pem).unwrap();
     let frame = edge.dir().join("empty-grpc-frame");
@@ -171,4 +163,29 @@ async fn grpc_goes_to_the_grpc_port_over_h2() {
     }
     nodes.sort();
     assert_eq!(nodes, ["a", "a", "b", "b"]);
+}
+
+#[tokio::test]
+async fn with_sticky_key_client_ip_websockets_follow_the_address() {
+    let (_nodes, edge) =
+        cluster_with(&["a", "b", "c"], "[routing]\nsticky_key = \"client_ip\"\n").await;
+    let client = edge.client(None);
+    let mut by_source: HashMap<&str, std::collections::HashSet<String>> = HashMap::new();
+    for i in 0..8 {
+        let s = edge
+            .authenticate(&client, &format!("ip-sticky-{i:03}"))
+            .await;
+        for source in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"] {
+            let mut ws = edge.websocket(&s.token, ip(source)).await.unwrap();
+            by_source.entry(source).or_default().insert(ws.node().await);
+            ws.close().await;
+        }
+    }
+    for (source, nodes) in &by_source {
+        assert_eq!(
+            nodes.len(),
+            1,
+            "every user from {source} lands on one node: {nodes:?}"
+        );
+    }
 }

@@ -479,23 +479,32 @@ impl Edge {
         }
     }
 
+    /// A TLS connection to the https listener from `source`, offering `alpn`.
+    pub async fn tls_connect(
+        &self,
+        source: IpAddr,
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        let tcp = socket.connect(self.https).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(self.certs.client_config(alpn));
+        connector
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap()
+    }
+
     /// Open a WSS connection to `/ws` with `token`, from `source`.
     pub async fn websocket(
         &self,
         token: &str,
         source: IpAddr,
     ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::new(source, 0)).unwrap();
-        let tcp = socket.connect(self.https).await.unwrap();
-        let connector = tokio_rustls::TlsConnector::from(self.certs.client_config(&[b"http/1.1"]));
-        let tls = connector
-            .connect(
-                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-                tcp,
-            )
-            .await
-            .unwrap();
+        let tls = self.tls_connect(source, &[b"http/1.1"]).await;
         let url = format!(
             "wss://localhost:{}/ws?lang=en&status=true&token={token}",
             self.https.port()
@@ -506,6 +515,23 @@ impl Edge {
             next_cid: 1,
         })
     }
+}
+
+/// Stand-in nodes named `names` and an edge in front of them with extra `sections`, every
+/// node healthy.
+pub async fn cluster_with(names: &[&str], sections: &str) -> (Vec<StandIn>, Edge) {
+    let nodes: Vec<StandIn> = names.iter().map(|n| StandIn::start(n)).collect();
+    let edge = Edge::start(
+        &nodes.iter().map(StandIn::toml).collect::<String>(),
+        sections,
+    );
+    edge.wait_healthy(names).await;
+    (nodes, edge)
+}
+
+/// [`cluster_with`] and no extra sections.
+pub async fn cluster(names: &[&str]) -> (Vec<StandIn>, Edge) {
+    cluster_with(names, "").await
 }
 
 impl Drop for Edge {
