@@ -10,20 +10,30 @@
 //!
 //! * [`CertResolver`] is the one place a handshake gets its certificate from; replacing its
 //!   contents affects the next handshake and no established connection.
-//! * [`server_config`] builds the listener's rustls config: TLS 1.2 and 1.3 only, ALPN h2 and
-//!   http/1.1, the ring provider.
+//! * [`server_config`] builds the listener's rustls config: TLS 1.2 and 1.3 only, ALPN h2,
+//!   http/1.1 and acme-tls/1, the ring provider.
+//! * [`acme`] obtains certificates, [`store`] keeps them and the account on disk,
+//!   [`renewal`] decides when to renew and retry, [`info`] reads a certificate's facts,
+//!   [`challenge`] holds the answers the listeners give the CA.
 
+pub mod acme;
+pub mod challenge;
+pub mod info;
 mod load;
+pub mod renewal;
 mod resolver;
+pub mod store;
 
 use std::sync::Arc;
 
-pub use load::{from_pem_files, self_signed, CertError};
+pub use challenge::ACME_TLS_ALPN;
+pub use load::{from_pem, from_pem_files, self_signed, CertError};
 pub use resolver::CertResolver;
 pub use rustls::sign::CertifiedKey;
 
-/// ALPN protocols the https listener offers, most preferred first.
-pub const ALPN_H2_H1: [&[u8]; 2] = [b"h2", b"http/1.1"];
+/// ALPN protocols the https listener offers, in server preference: a normal client gets h2
+/// or http/1.1; only a TLS-ALPN-01 validator, which offers nothing else, gets acme-tls/1.
+pub const ALPN: [&[u8]; 3] = [b"h2", b"http/1.1", ACME_TLS_ALPN];
 
 /// The process-wide crypto provider. pingora's rustls support uses ring; installing it
 /// explicitly keeps any other crate's choice from making rustls panic at first use.
@@ -40,6 +50,6 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<rustls::ServerConfig
         .map_err(CertError::Rustls)?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = ALPN_H2_H1.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }

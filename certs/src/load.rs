@@ -39,6 +39,9 @@ pub enum CertError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(rustls::Error),
+    /// A certificate could not be parsed.
+    #[error("cannot parse certificate: {0}")]
+    Parse(String),
 }
 
 /// Load a certificate chain (leaf first) and its private key from PEM files, and check that
@@ -50,31 +53,64 @@ pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Cert
             source,
         })
     };
-    let cert_pem = read(cert)?;
-    let key_pem = read(key)?;
+    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    let chain = pem_chain(&cert_pem, cert)?;
+    let key_der = pem_key(&key_pem, key)?;
+    certified(chain, key_der, key)
+}
 
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+/// The same from PEM text in memory; `origin` names it in errors.
+pub fn from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    origin: &str,
+) -> Result<Arc<CertifiedKey>, CertError> {
+    let origin = Path::new(origin);
+    certified(
+        pem_chain(cert_pem, origin)?,
+        pem_key(key_pem, origin)?,
+        origin,
+    )
+}
+
+fn pem_chain(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &pem[..])
         .collect::<Result<_, _>>()
         .map_err(|e| CertError::Pem {
-            path: cert.to_path_buf(),
+            path: path.to_path_buf(),
             what: e.to_string(),
         })?;
     if chain.is_empty() {
         return Err(CertError::Pem {
-            path: cert.to_path_buf(),
+            path: path.to_path_buf(),
             what: "no CERTIFICATE in the file".into(),
         });
     }
-    let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
+    Ok(chain)
+}
+
+fn pem_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
+    rustls_pemfile::private_key(&mut &pem[..])
         .map_err(|e| CertError::Pem {
-            path: key.to_path_buf(),
+            path: path.to_path_buf(),
             what: e.to_string(),
         })?
         .ok_or_else(|| CertError::Pem {
-            path: key.to_path_buf(),
+            path: path.to_path_buf(),
             what: "no PRIVATE KEY in the file".into(),
-        })?;
-    certified(chain, key_der, key)
+        })
+}
+
+/// A certificate and PKCS#8 key generated here.
+pub(crate) fn certified_from_der(
+    cert: CertificateDer<'static>,
+    pkcs8: Vec<u8>,
+) -> Result<Arc<CertifiedKey>, CertError> {
+    certified(
+        vec![cert],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8)),
+        Path::new("<generated>"),
+    )
 }
 
 /// A self-signed ECDSA P-256 certificate for `names` (DNS names or IP addresses), for the
@@ -82,11 +118,9 @@ pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Cert
 pub fn self_signed(names: &[&str]) -> Result<Arc<CertifiedKey>, CertError> {
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let generated = rcgen::generate_simple_self_signed(names)?;
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(generated.key_pair.serialize_der()));
-    certified(
-        vec![generated.cert.der().clone()],
-        key,
-        Path::new("<generated>"),
+    certified_from_der(
+        generated.cert.der().clone(),
+        generated.signing_key.serialize_der(),
     )
 }
 
@@ -103,6 +137,21 @@ fn certified(
     let certified = CertifiedKey::new(chain, signing_key);
     certified.keys_match().map_err(key_error)?;
     Ok(Arc::new(certified))
+}
+
+/// A TLS-ALPN-01 challenge certificate and its key, generated together. Not checked with
+/// `keys_match`: webpki refuses the critical acmeIdentifier extension RFC 8737 requires.
+pub(crate) fn challenge_certified(
+    cert: CertificateDer<'static>,
+    pkcs8: Vec<u8>,
+) -> Result<Arc<CertifiedKey>, CertError> {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8));
+    let signing_key =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|source| CertError::Key {
+            path: "<generated>".into(),
+            source,
+        })?;
+    Ok(Arc::new(CertifiedKey::new(vec![cert], signing_key)))
 }
 
 #[cfg(test)]
@@ -128,8 +177,8 @@ mod tests {
         let a = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
         let b = rcgen::generate_simple_self_signed(vec!["b.test".to_string()]).unwrap();
         let cert = write(&dir, "a.pem", &a.cert.pem());
-        let key = write(&dir, "a.key", &a.key_pair.serialize_pem());
-        let wrong = write(&dir, "b.key", &b.key_pair.serialize_pem());
+        let key = write(&dir, "a.key", &a.signing_key.serialize_pem());
+        let wrong = write(&dir, "b.key", &b.signing_key.serialize_pem());
 
         let ck = from_pem_files(&cert, &key).unwrap();
         assert_eq!(ck.cert.len(), 1);
@@ -145,7 +194,7 @@ mod tests {
         let dir = tempdir("bad");
         let empty = write(&dir, "empty.pem", "not pem\n");
         let a = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
-        let key = write(&dir, "a.key", &a.key_pair.serialize_pem());
+        let key = write(&dir, "a.key", &a.signing_key.serialize_pem());
         let err = from_pem_files(&empty, &key).unwrap_err().to_string();
         assert!(
             err.contains("empty.pem") && err.contains("no CERTIFICATE"),

@@ -7,12 +7,17 @@ use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use crate::challenge::{Challenges, ACME_TLS_ALPN};
+
 /// Serves one certificate to every handshake; [`CertResolver::replace`] swaps it atomically.
 ///
 /// A handshake in progress keeps the certificate it picked; established connections are
-/// untouched; the next handshake gets the new one.
+/// untouched; the next handshake gets the new one. A handshake that offers only ALPN
+/// `acme-tls/1` is a TLS-ALPN-01 validation and gets the pending challenge certificate for
+/// its server name, or nothing.
 pub struct CertResolver {
     current: ArcSwap<CertifiedKey>,
+    challenges: Challenges,
 }
 
 impl CertResolver {
@@ -20,6 +25,7 @@ impl CertResolver {
     pub fn new(initial: Arc<CertifiedKey>) -> Self {
         CertResolver {
             current: ArcSwap::new(initial),
+            challenges: Challenges::default(),
         }
     }
 
@@ -32,6 +38,11 @@ impl CertResolver {
     pub fn current(&self) -> Arc<CertifiedKey> {
         self.current.load_full()
     }
+
+    /// The ACME challenge answers this resolver (and the http listener) serve.
+    pub fn challenges(&self) -> &Challenges {
+        &self.challenges
+    }
 }
 
 impl fmt::Debug for CertResolver {
@@ -41,7 +52,16 @@ impl fmt::Debug for CertResolver {
 }
 
 impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if is_acme_validation(&hello) {
+            return self.challenges.tls_alpn01(hello.server_name()?);
+        }
         Some(self.current.load_full())
     }
+}
+
+fn is_acme_validation(hello: &ClientHello<'_>) -> bool {
+    hello
+        .alpn()
+        .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN))
 }

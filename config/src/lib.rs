@@ -121,6 +121,8 @@ pub struct Acme {
     pub state_dir: PathBuf,
     /// A root certificate to trust for the ACME server itself.
     pub directory_ca: Option<PathBuf>,
+    /// The first wait after a failed attempt; it doubles with each failure, up to an hour.
+    pub retry_backoff: Duration,
 }
 
 /// The ACME challenge type.

@@ -57,6 +57,8 @@ pub(crate) struct RawAcme {
     pub state_dir: Spanned<String>,
     #[serde(default)]
     pub directory_ca: S<String>,
+    #[serde(default)]
+    pub retry_backoff: S<String>,
 }
 
 #[derive(Deserialize)]

@@ -435,6 +435,12 @@ impl Checker<'_> {
                 AcmeChallenge::TlsAlpn01
             }
         };
+        let retry_backoff = self.duration(
+            &a.retry_backoff,
+            "acme.retry_backoff",
+            Duration::from_secs(60),
+            true,
+        );
         Acme {
             domains,
             directory,
@@ -442,6 +448,7 @@ impl Checker<'_> {
             challenge,
             state_dir: PathBuf::from(a.state_dir.into_inner()),
             directory_ca: a.directory_ca.map(|p| PathBuf::from(p.into_inner())),
+            retry_backoff,
         }
     }
 

@@ -6,6 +6,7 @@
 //!     └─► Entry::process_new
 //!           ├─ firewall: deny/allow on the peer address ── refused: closed, counted
 //!           ├─ TLS (https only): own Acceptor, handshake timeout ── failed: closed, counted
+//!           │     └─ ALPN acme-tls/1: a TLS-ALPN-01 validation, closed after the handshake
 //!           └─► HttpProxy<Edge>: HTTP/1.1 or h2 (ALPN), the request path
 //! ```
 //!
@@ -19,7 +20,7 @@ use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::Stream;
+use pingora_core::protocols::{Ssl, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 
@@ -75,6 +76,12 @@ impl ServerApp for Entry {
                 match tokio::time::timeout(handshake_timeout, acceptor.tls_handshake(*l4)).await {
                     Ok(Ok(tls)) => {
                         self.shared.metrics.tls_handshake(true);
+                        // acme-tls/1 is the only protocol offered besides HTTP: a TLS-ALPN-01
+                        // validation, over once the handshake has shown the certificate.
+                        if matches!(tls.selected_alpn_proto(), Some(ALPN::Custom(_))) {
+                            tracing::info!(peer = ?peer, "TLS-ALPN-01 validation handshake answered");
+                            return None;
+                        }
                         Box::new(tls)
                     }
                     Ok(Err(e)) => {

@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 when listeners are bound and a node is routable, else 503 |
+//! | `GET /readyz` | 200 when listeners are bound, the certificate is not a placeholder and a node is routable; else 503 and why |
 //! | `GET /nodes` | JSON: name, address, state, health, http_in_flight, websockets |
 //! | `POST /nodes/{name}/drain`, `/undrain` | runtime drain; 404 for an unknown node |
 
@@ -92,22 +92,15 @@ impl ServeHttp for AdminApi {
             "/metrics" if get => respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                self.shared.metrics.render(pool),
+                self.shared
+                    .metrics
+                    .render(pool, self.shared.served_certificate().as_ref()),
             ),
             "/healthz" if get => text(StatusCode::OK, "ok"),
-            "/readyz" if get => {
-                if !self
-                    .shared
-                    .listeners_bound
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "listeners not bound yet")
-                } else if !pool.any_routable() {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "no routable node")
-                } else {
-                    text(StatusCode::OK, "ready")
-                }
-            }
+            "/readyz" if get => match self.shared.not_ready() {
+                Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+                None => text(StatusCode::OK, "ready"),
+            },
             "/nodes" if get => json(
                 StatusCode::OK,
                 &pool.nodes.iter().map(NodeView::of).collect::<Vec<_>>(),

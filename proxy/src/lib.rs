@@ -19,12 +19,14 @@
 //! | [`health_check`] | active health checks |
 //! | [`token`] | the user id in a Nakama session token |
 //! | [`firewall`] | CIDR allow/deny |
+//! | [`acme`] | obtaining and renewing the certificate (the work itself is in `nakama-edge-certs`) |
 //! | [`state`] | the config snapshot and reload |
 //! | [`reload`] | file watching and SIGHUP |
 //! | [`admin`] | the admin API |
 //! | [`metrics`] | Prometheus metrics |
 
 pub mod accept;
+pub mod acme;
 pub mod admin;
 pub mod firewall;
 pub mod health_check;

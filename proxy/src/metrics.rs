@@ -6,9 +6,10 @@
 
 use std::sync::OnceLock;
 
+use nakama_edge_certs::info::CertInfo;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::pool::Pool;
@@ -29,6 +30,25 @@ impl RejectReason {
     }
 }
 
+/// What an ACME attempt was for.
+#[derive(Debug, Clone, Copy)]
+pub enum AcmeAttempt {
+    /// The first certificate for the domains.
+    Issue,
+    /// A replacement for the served certificate.
+    Renew,
+}
+
+impl AcmeAttempt {
+    /// The metric label and the word for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcmeAttempt::Issue => "issue",
+            AcmeAttempt::Renew => "renew",
+        }
+    }
+}
+
 /// Every metric the edge exports.
 pub struct Metrics {
     registry: Registry,
@@ -42,6 +62,8 @@ pub struct Metrics {
     tls_error: IntCounter,
     reload_success: IntCounter,
     reload_failure: IntCounter,
+    acme_attempts: IntCounterVec,
+    certificate_expiry: GaugeVec,
 }
 
 fn metric_error(e: prometheus::Error) -> std::io::Error {
@@ -119,6 +141,22 @@ impl Metrics {
             &["result"],
         )
         .map_err(metric_error)?;
+        let acme_attempts = IntCounterVec::new(
+            Opts::new(
+                "nakama_edge_acme_attempts_total",
+                "ACME certificate orders, by kind (issue, renew) and result.",
+            ),
+            &["kind", "result"],
+        )
+        .map_err(metric_error)?;
+        let certificate_expiry = GaugeVec::new(
+            Opts::new(
+                "nakama_edge_certificate_expiry_timestamp_seconds",
+                "When the served certificate expires, by domain.",
+            ),
+            &["domain"],
+        )
+        .map_err(metric_error)?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(durations.clone()),
@@ -128,6 +166,8 @@ impl Metrics {
             Box::new(rejected.clone()),
             Box::new(tls.clone()),
             Box::new(reloads.clone()),
+            Box::new(acme_attempts.clone()),
+            Box::new(certificate_expiry.clone()),
         ] {
             registry.register(c).map_err(metric_error)?;
         }
@@ -147,6 +187,8 @@ impl Metrics {
             node_up,
             node_draining,
             rejected,
+            acme_attempts,
+            certificate_expiry,
         })
     }
 
@@ -180,10 +222,26 @@ impl Metrics {
         .inc();
     }
 
-    /// The text exposition, with node gauges read from `pool`.
-    pub fn render(&self, pool: &Pool) -> Vec<u8> {
+    /// Count one ACME order.
+    pub fn acme_attempt(&self, kind: AcmeAttempt, ok: bool) {
+        self.acme_attempts
+            .with_label_values(&[kind.as_str(), if ok { "success" } else { "failure" }])
+            .inc();
+    }
+
+    /// The text exposition, with node gauges read from `pool` and certificate expiry from
+    /// `certificate` (the served one, when it is not a placeholder).
+    pub fn render(&self, pool: &Pool, certificate: Option<&CertInfo>) -> Vec<u8> {
         for g in [&self.websockets, &self.node_up, &self.node_draining] {
             g.reset();
+        }
+        self.certificate_expiry.reset();
+        if let Some(info) = certificate {
+            for domain in &info.names {
+                self.certificate_expiry
+                    .with_label_values(&[domain.as_str()])
+                    .set(info.expiry_timestamp());
+            }
         }
         for n in &pool.nodes {
             let name = [n.config.name.as_str()];

@@ -30,7 +30,7 @@ use pingora_proxy::{ProxyHttp, Session};
 
 use crate::firewall::canonical;
 use crate::pool::{Counted, Tried};
-use crate::route::{classify, Listener, Route};
+use crate::route::{classify, Listener, Route, ACME_CHALLENGE_PREFIX};
 use crate::state::{Shared, Snapshot};
 use crate::token;
 
@@ -118,8 +118,24 @@ impl ProxyHttp for Edge {
         );
         match ctx.route {
             Route::Acme => {
-                // Reserved for ACME HTTP-01; nothing is pending until ACME issuance exists.
-                session.respond_error(404).await?;
+                let path = session.req_header().uri.path();
+                let answer = self
+                    .shared
+                    .certs
+                    .challenges()
+                    .http01(path.trim_start_matches(ACME_CHALLENGE_PREFIX));
+                match answer {
+                    Some(key_authorization) => {
+                        let body = Bytes::from(key_authorization);
+                        let mut resp = ResponseHeader::build(200, Some(2))?;
+                        resp.insert_header(header::CONTENT_TYPE, "application/octet-stream")?;
+                        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+                        session.write_response_header(Box::new(resp), false).await?;
+                        session.write_response_body(Some(body), true).await?;
+                        tracing::info!("HTTP-01 validation request answered");
+                    }
+                    None => session.respond_error(404).await?,
+                }
                 Ok(true)
             }
             Route::Redirect => {

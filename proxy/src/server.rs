@@ -5,18 +5,20 @@
 //!    ├─ https  : TCP ─► accept::Entry (firewall, TLS) ─► HttpProxy<Edge>
 //!    ├─ http   : TCP ─► accept::Entry (firewall)      ─► HttpProxy<Edge> (redirect / ACME)
 //!    ├─ admin  : AdminApi
-//!    └─ background: HealthChecker, Reloader, Readiness
+//!    └─ background: HealthChecker, Reloader, Readiness, AcmeService (with [acme])
 //! ```
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use async_trait::async_trait;
+use nakama_edge_certs::acme::{load_stored, AcmeSettings, Challenge};
+use nakama_edge_certs::store::CertStore;
 use nakama_edge_certs::{install_crypto_provider, CertifiedKey};
-use nakama_edge_config::{CertificateSource, Config};
+use nakama_edge_config::{AcmeChallenge, CertificateSource, Config};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
@@ -25,6 +27,7 @@ use pingora_core::services::listening::Service;
 use pingora_proxy::http_proxy;
 
 use crate::accept::Entry;
+use crate::acme::{AcmeTask, Served};
 use crate::admin::AdminApi;
 use crate::health_check::HealthChecker;
 use crate::proxy::Edge;
@@ -42,25 +45,81 @@ pub struct RunOptions {
     pub upgrade: bool,
 }
 
-fn initial_certificate(config: &Config) -> anyhow::Result<Arc<CertifiedKey>> {
-    match &config.certificates {
-        CertificateSource::Files { cert, key } => Ok(nakama_edge_certs::from_pem_files(cert, key)?),
+/// What the https listener serves first, and the ACME task when certificates come from ACME.
+struct Initial {
+    certificate: Arc<CertifiedKey>,
+    /// `false`: a placeholder until ACME issuance completes.
+    ready: bool,
+    acme: Option<AcmeTask>,
+}
+
+fn initial_certificate(config: &Config) -> anyhow::Result<Initial> {
+    let fixed = |certificate| Initial {
+        certificate,
+        ready: true,
+        acme: None,
+    };
+    let acme = match &config.certificates {
+        CertificateSource::Files { cert, key } => {
+            return Ok(fixed(nakama_edge_certs::from_pem_files(cert, key)?))
+        }
         CertificateSource::SelfSigned => {
             tracing::warn!(
                 "no [tls] or [acme] in the config: serving a self-signed certificate for localhost (development only)"
             );
-            Ok(nakama_edge_certs::self_signed(&[
+            return Ok(fixed(nakama_edge_certs::self_signed(&[
                 "localhost",
                 "127.0.0.1",
                 "::1",
-            ])?)
+            ])?));
         }
-        CertificateSource::Acme(_) => {
-            anyhow::bail!(
-                "[acme] is not supported by this build yet: use [tls] with certificate files"
-            )
+        CertificateSource::Acme(acme) => acme,
+    };
+    let settings = AcmeSettings {
+        domains: acme.domains.clone(),
+        directory: acme.directory.clone(),
+        contact: acme.contact.clone(),
+        challenge: match acme.challenge {
+            AcmeChallenge::Http01 => Challenge::Http01,
+            AcmeChallenge::TlsAlpn01 => Challenge::TlsAlpn01,
+        },
+        directory_ca: acme.directory_ca.clone(),
+    };
+    let store = CertStore::open(&acme.state_dir)?;
+    let stored = match store.certificate(&acme.domains)?.map(load_stored) {
+        Some(Ok(issued))
+            if issued.info.covers(&acme.domains) && issued.info.valid_at(SystemTime::now()) =>
+        {
+            tracing::info!(domains = ?acme.domains, expires = ?issued.info.not_after, "serving the stored certificate");
+            Some(issued)
         }
-    }
+        Some(Ok(issued)) => {
+            tracing::warn!(domains = ?acme.domains, expires = ?issued.info.not_after, "the stored certificate is expired or incomplete; ordering a new one");
+            None
+        }
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "the stored certificate is unusable; ordering a new one");
+            None
+        }
+        None => None,
+    };
+    let (certificate, served) = match stored {
+        Some(issued) => (issued.certified.clone(), Served::of(&issued)),
+        None => {
+            tracing::warn!(
+                domains = ?acme.domains,
+                challenge = settings.challenge.as_str(),
+                "no certificate yet: serving a self-signed placeholder until ACME issuance completes; /readyz answers 503 meanwhile"
+            );
+            let names: Vec<&str> = acme.domains.iter().map(String::as_str).collect();
+            (nakama_edge_certs::self_signed(&names)?, None)
+        }
+    };
+    Ok(Initial {
+        certificate,
+        ready: served.is_some(),
+        acme: Some(AcmeTask::new(settings, store, acme.retry_backoff, served)),
+    })
 }
 
 /// Serve until told to stop. Never returns on success (pingora exits the process).
@@ -71,7 +130,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         source,
         upgrade,
     } = options;
-    let certificate = initial_certificate(&config)?;
+    let initial = initial_certificate(&config)?;
 
     let grace = config.server.grace_period.as_secs();
     let conf = ServerConf {
@@ -89,8 +148,10 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     let server_conf = server.configuration.clone();
 
     let listeners = config.listeners.clone();
-    let shared =
-        Arc::new(Shared::new(config, source, certificate).context("cannot register metrics")?);
+    let shared = Arc::new(
+        Shared::new(config, source, initial.certificate, initial.ready)
+            .context("cannot register metrics")?,
+    );
 
     if let Some(addr) = listeners.https {
         let tls = nakama_edge_certs::server_config(shared.certs.clone())?;
@@ -124,6 +185,9 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         "config reload",
         Reloader::new(shared.clone()),
     ));
+    if let Some(task) = initial.acme {
+        server.add_service(background_service("acme", task.start_with(shared.clone())));
+    }
     let addresses = [
         listeners.https,
         listeners.http,

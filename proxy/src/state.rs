@@ -81,16 +81,20 @@ pub struct Shared {
     reload_lock: Mutex<()>,
     /// Set once every listener accepts connections.
     pub listeners_bound: AtomicBool,
+    /// Set once the https listener serves its real certificate (not an ACME placeholder).
+    pub certificate_ready: AtomicBool,
     /// Notified after each successful reload.
     pub reloaded: Notify,
 }
 
 impl Shared {
-    /// Shared state serving `config`, with `initial` as the https certificate.
+    /// Shared state serving `config`, with `initial` as the https certificate (`certificate_ready`:
+    /// it is not a placeholder awaiting ACME).
     pub fn new(
         config: Config,
         source: ConfigSource,
         initial: Arc<CertifiedKey>,
+        certificate_ready: bool,
     ) -> std::io::Result<Shared> {
         let registry = Registry::default();
         let snapshot = Snapshot::build(config, &registry);
@@ -102,6 +106,7 @@ impl Shared {
             source,
             reload_lock: Mutex::new(()),
             listeners_bound: AtomicBool::new(false),
+            certificate_ready: AtomicBool::new(certificate_ready),
             reloaded: Notify::new(),
         })
     }
@@ -111,9 +116,26 @@ impl Shared {
         self.current.load_full()
     }
 
-    /// Whether the edge can serve players: listeners bound and a node routable.
-    pub fn is_ready(&self) -> bool {
-        self.listeners_bound.load(Ordering::Relaxed) && self.current.load().pool.any_routable()
+    /// Why the edge cannot serve players yet, or `None` when it can.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if !self.listeners_bound.load(Ordering::Relaxed) {
+            Some("listeners not bound yet")
+        } else if !self.certificate_ready.load(Ordering::Relaxed) {
+            Some("certificate pending: ACME issuance has not completed")
+        } else if !self.current.load().pool.any_routable() {
+            Some("no routable node")
+        } else {
+            None
+        }
+    }
+
+    /// Facts of the served certificate, unless it is a placeholder.
+    pub fn served_certificate(&self) -> Option<nakama_edge_certs::info::CertInfo> {
+        if !self.certificate_ready.load(Ordering::Relaxed) {
+            return None;
+        }
+        let current = self.certs.current();
+        nakama_edge_certs::info::CertInfo::of(current.cert.first()?).ok()
     }
 
     /// Re-read the config file (and the certificate files it names) and, if everything is
@@ -154,6 +176,15 @@ impl Shared {
             tracing::warn!(
                 "[server] settings changed: they take effect at the next restart or upgrade"
             );
+        }
+        let acme_involved = [&config, &old.config]
+            .iter()
+            .any(|c| matches!(c.certificates, CertificateSource::Acme(_)));
+        if acme_involved && config.certificates != old.config.certificates {
+            tracing::warn!(
+                "[acme] changed (or [tls] and [acme] swapped): this takes a restart or upgrade"
+            );
+            config.certificates = old.config.certificates.clone();
         }
         match &config.certificates {
             CertificateSource::Files { cert, key } => {

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod pebble;
+
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -199,11 +201,11 @@ impl Drop for StandIn {
     }
 }
 
-/// A test CA and a certificate for localhost / 127.0.0.1 signed by it.
+/// A test CA and certificates signed by it.
 pub struct TestCerts {
     pub ca_pem: String,
-    ca_cert: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
+    ca_der: rustls::pki_types::CertificateDer<'static>,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
 impl TestCerts {
@@ -221,13 +223,13 @@ impl TestCerts {
         let ca_cert = params.self_signed(&ca_key).unwrap();
         TestCerts {
             ca_pem: ca_cert.pem(),
-            ca_cert,
-            ca_key,
+            ca_der: ca_cert.der().clone(),
+            issuer: rcgen::Issuer::new(params, ca_key),
         }
     }
 
-    /// Write a fresh leaf certificate and key for `localhost`/`127.0.0.1` (and `extra` names),
-    /// and return the leaf's DER.
+    /// Write a fresh leaf certificate and key for `localhost`/`127.0.0.1`, and return the
+    /// leaf's DER.
     pub fn write_leaf(&self, cert: &Path, key: &Path, common_name: &str) -> Vec<u8> {
         let mut params =
             rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
@@ -236,9 +238,7 @@ impl TestCerts {
             .distinguished_name
             .push(rcgen::DnType::CommonName, common_name);
         let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = params
-            .signed_by(&leaf_key, &self.ca_cert, &self.ca_key)
-            .unwrap();
+        let leaf = params.signed_by(&leaf_key, &self.issuer).unwrap();
         write_atomically(cert, &leaf.pem());
         write_atomically(key, &leaf_key.serialize_pem());
         leaf.der().to_vec()
@@ -246,7 +246,7 @@ impl TestCerts {
 
     pub fn root_store(&self) -> rustls::RootCertStore {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca_cert.der().clone()).unwrap();
+        roots.add(self.ca_der.clone()).unwrap();
         roots
     }
 
@@ -270,6 +270,26 @@ pub fn write_atomically(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// Listener addresses for an edge.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Ports {
+    /// Three ports nobody listens on now.
+    pub fn free() -> Ports {
+        let addr = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
+        Ports {
+            https: addr(),
+            http: addr(),
+            admin: addr(),
+        }
+    }
+}
+
 /// A running `nakama-edge` with its config file and certificates in a temp dir.
 pub struct Edge {
     child: Child,
@@ -291,21 +311,23 @@ const TEST_HEALTH_CHECK: &str =
 impl Edge {
     /// Start an edge in front of `nodes` (their `[[nodes]]` TOML) with extra `sections`.
     pub fn start(nodes: &str, sections: &str) -> Edge {
-        let dir = TempDir::new("edge");
+        Edge::start_at(Ports::free(), TempDir::new("edge"), nodes, sections)
+    }
+
+    /// Start an edge on `ports`, keeping its files in `dir` (which a restarted edge may
+    /// share). With an `[acme]` section there is no `[tls]` section.
+    pub fn start_at(ports: Ports, dir: TempDir, nodes: &str, sections: &str) -> Edge {
         let certs = TestCerts::new();
         let cert_path = dir.path().join("fullchain.pem");
         let key_path = dir.path().join("privkey.pem");
         certs.write_leaf(&cert_path, &key_path, "first");
-        let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config_path = dir.path().join("edge.toml");
-        let log_path = dir.path().join("edge.log");
+        let log_path = dir.path().join(format!("edge-{}.log", free_port()));
         let mut edge = Edge {
             child: Command::new("true").spawn().unwrap(),
-            https,
-            http,
-            admin,
+            https: ports.https,
+            http: ports.http,
+            admin: ports.admin,
             certs,
             config_path,
             cert_path,
@@ -329,8 +351,34 @@ impl Edge {
         edge
     }
 
+    /// This edge's ports, to start another on.
+    pub fn ports(&self) -> Ports {
+        Ports {
+            https: self.https,
+            http: self.http,
+            admin: self.admin,
+        }
+    }
+
+    /// Stop the process and hand back its directory.
+    pub fn stop(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The empty path left behind is not a directory; dropping it removes nothing.
+        std::mem::replace(&mut self.dir, TempDir(PathBuf::new()))
+    }
+
     /// The config text for `nodes` and `sections`, with this edge's listeners and certificate.
     pub fn config_text(&self, nodes: &str, sections: &str) -> String {
+        let tls = if sections.contains("[acme]") {
+            String::new()
+        } else {
+            format!(
+                "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                self.cert_path.display(),
+                self.key_path.display()
+            )
+        };
         let health = if sections.contains("[health_check]") {
             ""
         } else {
@@ -338,12 +386,8 @@ impl Edge {
         };
         format!(
             "[server]\nthreads = 1\ngrace_period = \"1s\"\n\n[listeners]\nhttps = \"{}\"\nhttp = \"{}\"\nadmin = \"{}\"\n\n\
-             [tls]\ncert = \"{}\"\nkey = \"{}\"\n\n{health}\n{sections}\n\n{nodes}",
-            self.https,
-            self.http,
-            self.admin,
-            self.cert_path.display(),
-            self.key_path.display(),
+             {tls}\n{health}\n{sections}\n\n{nodes}",
+            self.https, self.http, self.admin,
         )
     }
 
@@ -380,7 +424,7 @@ impl Edge {
         format!("https://localhost:{}{path}", self.https.port())
     }
 
-    async fn admin_get(&self, path: &str) -> Option<reqwest::Response> {
+    pub async fn admin_get(&self, path: &str) -> Option<reqwest::Response> {
         reqwest::get(format!("http://{}{path}", self.admin))
             .await
             .ok()
@@ -402,13 +446,12 @@ impl Edge {
             .unwrap_or_else(|| "absent".to_string())
     }
 
+    /// The metrics exposition, empty while the admin API does not answer yet.
     pub async fn metrics(&self) -> String {
-        self.admin_get("/metrics")
-            .await
-            .expect("admin API answers")
-            .text()
-            .await
-            .unwrap()
+        match self.admin_get("/metrics").await {
+            Some(r) => r.text().await.unwrap_or_default(),
+            None => String::new(),
+        }
     }
 
     /// The value of the series `series` (name with labels exactly as exposed), 0 if absent.
