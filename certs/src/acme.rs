@@ -102,7 +102,7 @@ impl AcmeError {
     /// The CA does not know the stored account (a different CA, or its state was reset).
     pub fn is_unknown_account(&self) -> bool {
         self.problem_type()
-            .is_some_and(|t| t.ends_with(":accountDoesNotExist") || t.ends_with(":unauthorized"))
+            .is_some_and(|t| t.ends_with(":accountDoesNotExist"))
     }
 }
 
