@@ -1,12 +1,16 @@
-//! The one accept path of the player listeners: firewall, then TLS with the edge's own rustls
-//! config, then pingora's HTTP proxy.
+//! The one accept path of the player (and console) listeners: firewall, PROXY protocol,
+//! connection limits, TLS with the edge's own rustls config, then pingora's HTTP proxy.
 //!
 //! ```text
 //!   TCP accept (pingora listener, plain TCP)
+//!     ├─ PeerFilter (before a task is spawned): firewall on the peer address;
+//!     │    a trusted load balancer passes, to be judged by its client's address
 //!     └─► Entry::process_new
-//!           ├─ firewall: deny/allow on the peer address ── refused: closed, counted
-//!           ├─ TLS (https only): own Acceptor, handshake timeout ── failed: closed, counted
+//!           ├─ PROXY header (trusted peers only): the client address; then the firewall on it
+//!           ├─ limits: new connections per second, concurrent connections per client
+//!           ├─ TLS: own Acceptor, handshake timeout ── failed: closed, counted
 //!           │     └─ ALPN acme-tls/1: a TLS-ALPN-01 validation, closed after the handshake
+//!           ├─ ClientConn: request-header and WebSocket-idle deadlines, the connection slot
 //!           └─► HttpProxy<Edge>: HTTP/1.1 or h2 (ALPN), the request path
 //! ```
 //!
@@ -14,38 +18,123 @@
 //! offer ALPN `acme-tls/1` beside h2 and http/1.1, and owning the path is also where a PROXY
 //! protocol header and the handshake timeout belong.
 
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::listeners::tls::Acceptor;
+use pingora_core::listeners::ConnectionFilter;
+use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::{Ssl, Stream, ALPN};
+use pingora_core::protocols::{GetSocketDigest, SocketDigest, Ssl, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 
-use crate::firewall::canonical;
+use crate::client_conn::ClientConn;
+use crate::firewall::{canonical, Firewall};
+use crate::limits::{client_key, Limited};
 use crate::metrics::RejectReason;
 use crate::proxy::Edge;
+use crate::proxy_protocol::{read_header, Origin};
+use crate::route::Listener;
 use crate::state::Shared;
 
-/// A player listener's connection handler.
+fn admits(firewall: &Firewall, listener: Listener, ip: IpAddr) -> Result<(), RejectReason> {
+    match listener {
+        Listener::Console if firewall.allows_console(ip) => Ok(()),
+        Listener::Console => Err(RejectReason::Console),
+        _ if firewall.allows(ip) => Ok(()),
+        _ => Err(RejectReason::Firewall),
+    }
+}
+
+/// The firewall, run by pingora right after `accept()`, before a task or a buffer exists.
+pub struct PeerFilter {
+    shared: Arc<Shared>,
+    listener: Listener,
+}
+
+impl PeerFilter {
+    /// The filter of `listener`.
+    pub fn new(shared: Arc<Shared>, listener: Listener) -> Self {
+        PeerFilter { shared, listener }
+    }
+}
+
+impl std::fmt::Debug for PeerFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerFilter")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl ConnectionFilter for PeerFilter {
+    async fn should_accept(&self, addr: Option<&SocketAddr>) -> bool {
+        let Some(addr) = addr else { return true };
+        let snapshot = self.shared.snapshot();
+        let ip = canonical(addr.ip());
+        if snapshot.firewall.is_trusted_proxy(ip) {
+            return true;
+        }
+        match admits(&snapshot.firewall, self.listener, ip) {
+            Ok(()) => true,
+            Err(reason) => {
+                self.shared.metrics.rejected(reason);
+                false
+            }
+        }
+    }
+}
+
+/// A listener's connection handler.
 pub struct Entry {
     shared: Arc<Shared>,
+    listener: Listener,
     tls: Option<Acceptor>,
     http: Arc<HttpProxy<Edge>>,
 }
 
 impl Entry {
-    /// A handler that terminates TLS with `tls` (or speaks plain HTTP without it) and hands
-    /// the connection to `http`.
-    pub fn new(shared: Arc<Shared>, tls: Option<Acceptor>, http: HttpProxy<Edge>) -> Self {
+    /// A handler for `listener` that terminates TLS with `tls` (or speaks plain HTTP without
+    /// it) and hands the connection to `http`.
+    pub fn new(
+        shared: Arc<Shared>,
+        listener: Listener,
+        tls: Option<Acceptor>,
+        http: HttpProxy<Edge>,
+    ) -> Self {
         Entry {
             shared,
+            listener,
             tls,
             http: Arc::new(http),
         }
     }
+
+    fn reject(&self, reason: RejectReason) -> Option<Stream> {
+        self.shared.metrics.rejected(reason);
+        None
+    }
+}
+
+fn peer_of(stream: &L4Stream) -> Option<SocketAddr> {
+    stream
+        .get_socket_digest()?
+        .peer_addr()
+        .and_then(PingoraAddr::as_inet)
+        .copied()
+}
+
+/// Make `client` the peer address pingora reports for this connection (the digest's
+/// addresses are filled lazily from the socket; this one is filled first).
+fn set_peer(stream: &mut L4Stream, client: SocketAddr) {
+    let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
+    let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(client)));
+    stream.set_socket_digest(digest);
 }
 
 #[async_trait]
@@ -55,48 +144,66 @@ impl ServerApp for Entry {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // The listeners are plain TCP, so every stream they hand over is an L4 stream.
+        let mut l4 = *stream.into_any().downcast::<L4Stream>().ok()?;
         let snapshot = self.shared.snapshot();
-        let peer = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        if let Some(ip) = peer {
-            if !snapshot.firewall.allows(canonical(ip)) {
-                self.shared.metrics.rejected(RejectReason::Firewall);
-                return None;
+        let timeouts = snapshot.config.timeouts.clone();
+        let peer = peer_of(&l4)?;
+        let mut client = canonical(peer.ip());
+
+        if snapshot.firewall.is_trusted_proxy(client) {
+            match read_header(&mut l4, timeouts.tls_handshake).await {
+                Ok(Origin::Client(addr)) => {
+                    set_peer(&mut l4, addr);
+                    client = canonical(addr.ip());
+                    if let Err(reason) = admits(&snapshot.firewall, self.listener, client) {
+                        return self.reject(reason);
+                    }
+                }
+                Ok(Origin::Local) => {}
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "refused a connection from a trusted proxy");
+                    return None;
+                }
             }
         }
-        let handshake_timeout = snapshot.config.timeouts.tls_handshake;
+
+        let slot = match snapshot.limits.admit_connection(client_key(client)) {
+            Ok(slot) => slot,
+            Err(Limited::Rate(_)) => return self.reject(RejectReason::RateLimit),
+            Err(Limited::Connections) => return self.reject(RejectReason::ConnectionLimit),
+        };
         drop(snapshot);
 
         let stream: Stream = match &self.tls {
-            None => stream,
+            None => Box::new(l4),
             Some(acceptor) => {
-                // The listener is plain TCP, so every stream it hands over is an L4 stream.
-                let l4 = stream.into_any().downcast::<L4Stream>().ok()?;
-                match tokio::time::timeout(handshake_timeout, acceptor.tls_handshake(*l4)).await {
+                match tokio::time::timeout(timeouts.tls_handshake, acceptor.tls_handshake(l4)).await
+                {
                     Ok(Ok(tls)) => {
                         self.shared.metrics.tls_handshake(true);
                         // acme-tls/1 is the only protocol offered besides HTTP: a TLS-ALPN-01
                         // validation, over once the handshake has shown the certificate.
                         if matches!(tls.selected_alpn_proto(), Some(ALPN::Custom(_))) {
-                            tracing::info!(peer = ?peer, "TLS-ALPN-01 validation handshake answered");
+                            tracing::info!(%peer, "TLS-ALPN-01 validation handshake answered");
                             return None;
                         }
                         Box::new(tls)
                     }
                     Ok(Err(e)) => {
                         self.shared.metrics.tls_handshake(false);
-                        tracing::debug!(peer = ?peer, error = %e, "TLS handshake failed");
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         return None;
                     }
                     Err(_) => {
                         self.shared.metrics.tls_handshake(false);
-                        tracing::debug!(peer = ?peer, "TLS handshake timed out");
+                        tracing::debug!(%peer, "TLS handshake timed out");
                         return None;
                     }
                 }
             }
         };
-        self.http.process_new(stream, shutdown).await
+        let conn = ClientConn::new(stream, timeouts.request_header, Some(slot));
+        self.http.process_new(Box::new(conn), shutdown).await
     }
 }

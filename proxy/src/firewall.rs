@@ -1,4 +1,5 @@
-//! Who may connect: CIDR allow and deny lists, decided on the peer address before any TLS work.
+//! Who may connect: CIDR lists decided on the peer address before any TLS work (or, behind
+//! a trusted load balancer, on the client address its PROXY header carries).
 
 use std::net::IpAddr;
 
@@ -10,6 +11,12 @@ use nakama_edge_config::Firewall as FirewallConfig;
 pub struct Firewall {
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
+    console_allow: Vec<IpNet>,
+    trusted_proxies: Vec<IpNet>,
+}
+
+fn contains(list: &[IpNet], ip: IpAddr) -> bool {
+    list.iter().any(|n| n.contains(&ip))
 }
 
 impl Firewall {
@@ -18,13 +25,26 @@ impl Firewall {
         Firewall {
             allow: config.allow.clone(),
             deny: config.deny.clone(),
+            console_allow: config.console_allow.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
         }
     }
 
-    /// Whether `ip` may connect: not denied, and allowed. Deny wins.
+    /// Whether a player at `ip` may connect: not denied, and allowed. Deny wins.
     pub fn allows(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        !self.deny.iter().any(|n| n.contains(&ip)) && self.allow.iter().any(|n| n.contains(&ip))
+        !contains(&self.deny, ip) && contains(&self.allow, ip)
+    }
+
+    /// Whether `ip` may use the console listener: in `console_allow` and not denied.
+    pub fn allows_console(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        !contains(&self.deny, ip) && contains(&self.console_allow, ip)
+    }
+
+    /// Whether `ip` is a load balancer whose PROXY header is believed.
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        contains(&self.trusted_proxies, canonical(ip))
     }
 }
 
@@ -40,24 +60,46 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
 
-    fn fw(allow: &[&str], deny: &[&str]) -> Firewall {
-        Firewall {
-            allow: allow.iter().map(|s| s.parse().unwrap()).collect(),
-            deny: deny.iter().map(|s| s.parse().unwrap()).collect(),
-        }
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
     }
 
     #[test]
     fn deny_wins() {
-        let f = fw(&["127.0.0.0/8"], &["127.0.0.2/32"]);
-        assert!(f.allows("127.0.0.1".parse().unwrap()));
-        assert!(!f.allows("127.0.0.2".parse().unwrap()));
-        assert!(!f.allows("10.0.0.1".parse().unwrap()));
+        let f = Firewall {
+            allow: nets(&["127.0.0.0/8"]),
+            deny: nets(&["127.0.0.2/32"]),
+            console_allow: nets(&["127.0.0.0/8"]),
+            trusted_proxies: nets(&["127.0.0.9/32"]),
+        };
+        assert!(f.allows(ip("127.0.0.1")));
+        assert!(!f.allows(ip("127.0.0.2")));
+        assert!(!f.allows(ip("10.0.0.1")));
+        assert!(!f.allows(ip("::ffff:127.0.0.2")), "mapped v4 is v4");
+        assert!(f.allows(ip("::ffff:127.0.0.1")));
+        assert!(!f.allows(ip("::1")));
+        assert!(f.allows_console(ip("127.0.0.1")));
         assert!(
-            !f.allows("::ffff:127.0.0.2".parse().unwrap()),
-            "mapped v4 is v4"
+            !f.allows_console(ip("127.0.0.2")),
+            "deny wins for the console too"
         );
-        assert!(f.allows("::ffff:127.0.0.1".parse().unwrap()));
-        assert!(!f.allows("::1".parse().unwrap()));
+        assert!(f.is_trusted_proxy(ip("::ffff:127.0.0.9")));
+        assert!(!f.is_trusted_proxy(ip("127.0.0.1")));
+    }
+
+    #[test]
+    fn the_console_is_closed_by_default() {
+        let f = Firewall::new(&FirewallConfig {
+            allow: nets(&["0.0.0.0/0", "::/0"]),
+            deny: vec![],
+            console_allow: vec![],
+            trusted_proxies: vec![],
+        });
+        assert!(f.allows(ip("127.0.0.1")));
+        assert!(!f.allows_console(ip("127.0.0.1")));
     }
 }

@@ -14,6 +14,9 @@
 //! | [`server`] | wiring: pingora server, listeners, background tasks |
 //! | [`accept`] | the one accept path: firewall, TLS, then HTTP |
 //! | [`proxy`] | the request path (pingora `ProxyHttp`) |
+//! | [`client_conn`] | a player's connection: header and WebSocket-idle deadlines, its slot |
+//! | [`proxy_protocol`] | PROXY protocol v1/v2 from trusted load balancers |
+//! | [`limits`] | per-client rate and connection limits |
 //! | [`route`] | what a request is, from its head |
 //! | [`pool`] | nodes, their state, and node selection |
 //! | [`health_check`] | active health checks |
@@ -28,11 +31,14 @@
 pub mod accept;
 pub mod acme;
 pub mod admin;
+pub mod client_conn;
 pub mod firewall;
 pub mod health_check;
+pub mod limits;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod route;
 pub mod server;

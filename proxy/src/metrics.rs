@@ -20,12 +20,21 @@ use crate::route::Route;
 pub enum RejectReason {
     /// The firewall's deny/allow lists.
     Firewall,
+    /// New connections per second from one client.
+    RateLimit,
+    /// Concurrent connections from one client.
+    ConnectionLimit,
+    /// The console listener, from a peer not in `console_allow`.
+    Console,
 }
 
 impl RejectReason {
     fn as_str(self) -> &'static str {
         match self {
             RejectReason::Firewall => "firewall",
+            RejectReason::RateLimit => "rate_limit",
+            RejectReason::ConnectionLimit => "connection_limit",
+            RejectReason::Console => "console",
         }
     }
 }
@@ -174,7 +183,14 @@ impl Metrics {
         for route in Route::ALL {
             durations.with_label_values(&[route.as_str()]);
         }
-        rejected.with_label_values(&[RejectReason::Firewall.as_str()]);
+        for reason in [
+            RejectReason::Firewall,
+            RejectReason::RateLimit,
+            RejectReason::ConnectionLimit,
+            RejectReason::Console,
+        ] {
+            rejected.with_label_values(&[reason.as_str()]);
+        }
         Ok(Metrics {
             tls_ok: tls.with_label_values(&["ok"]),
             tls_error: tls.with_label_values(&["error"]),

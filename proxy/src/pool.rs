@@ -301,6 +301,8 @@ pub struct Node {
     pub http_peer: HttpPeer,
     /// How to reach its gRPC API (h2c), if it has one.
     pub grpc_peer: Option<HttpPeer>,
+    /// How to reach its console, if the console listener may.
+    pub console_peer: Option<HttpPeer>,
 }
 
 /// Nakama closes idle keep-alive connections after 60 s; the edge lets go of them first, so
@@ -329,6 +331,7 @@ pub struct Pool {
     ring_len: usize,
     round_robin: Vec<u16>,
     grpc_round_robin: Vec<u16>,
+    console_round_robin: Vec<u16>,
     next: AtomicUsize,
 }
 
@@ -362,6 +365,7 @@ impl Pool {
                 runtime,
                 http_peer: peer(c.address, config, false),
                 grpc_peer: c.grpc.map(|g| peer(g, config, true)),
+                console_peer: c.console.map(|g| peer(g, config, false)),
             })
             .collect();
         let buckets: Vec<Bucket> = nodes
@@ -375,17 +379,22 @@ impl Pool {
             .sum::<usize>()
             * DEFAULT_POINT_MULTIPLE as usize;
         let round_robin = smooth_weighted_order(nodes.iter().map(|n| n.config.weight).collect());
-        let grpc_round_robin = round_robin
-            .iter()
-            .copied()
-            .filter(|&i| nodes[i as usize].config.grpc.is_some())
-            .collect();
+        let having = |has: fn(&Node) -> bool| -> Vec<u16> {
+            round_robin
+                .iter()
+                .copied()
+                .filter(|&i| has(&nodes[i as usize]))
+                .collect()
+        };
+        let grpc_round_robin = having(|n| n.grpc_peer.is_some());
+        let console_round_robin = having(|n| n.console_peer.is_some());
         Pool {
             nodes,
             ring,
             ring_len,
             round_robin,
             grpc_round_robin,
+            console_round_robin,
             next: AtomicUsize::new(0),
         }
     }
@@ -418,6 +427,11 @@ impl Pool {
         (0..order.len())
             .map(|k| order[(start + k) % order.len()] as usize)
             .find(|&i| !tried.contains(i) && self.nodes[i].runtime.is_routable())
+    }
+
+    /// Round-robin over routable nodes with a console address.
+    pub fn pick_console(&self, tried: Tried) -> Option<usize> {
+        self.pick_from(&self.console_round_robin, tried)
     }
 
     /// Consistent hashing: the node that owns `key` on the ring, or, when it cannot take work,

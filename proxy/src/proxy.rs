@@ -28,7 +28,9 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 
+use crate::client_conn::ClientConn;
 use crate::firewall::canonical;
+use crate::limits::{client_key, is_auth_path, retry_after_secs, Limited};
 use crate::pool::{Counted, Tried};
 use crate::route::{classify, Listener, Route, ACME_CHALLENGE_PREFIX};
 use crate::state::{Shared, Snapshot};
@@ -70,6 +72,8 @@ pub struct Ctx {
     websocket: Option<Counted>,
     /// When the node's response header arrived: nothing is retried after it.
     answered_at: Option<Instant>,
+    /// Request body bytes seen so far.
+    body_bytes: u64,
 }
 
 impl Ctx {
@@ -105,6 +109,7 @@ impl ProxyHttp for Edge {
             in_flight: None,
             websocket: None,
             answered_at: None,
+            body_bytes: 0,
         }
     }
 
@@ -116,6 +121,9 @@ impl ProxyHttp for Edge {
             config.listeners.http_redirect,
             &config.routing.websocket_path,
         );
+        if let Some(limited) = self.over_rate_limit(session, ctx) {
+            return limited.respond(session).await;
+        }
         match ctx.route {
             Route::Acme => {
                 let path = session.req_header().uri.path();
@@ -178,6 +186,7 @@ impl ProxyHttp for Edge {
                 }
             }
             Route::Grpc => pool.pick_grpc(ctx.tried),
+            Route::Console => pool.pick_console(ctx.tried),
             _ => pool.pick_round_robin(ctx.tried),
         };
         let Some(i) = picked else {
@@ -189,8 +198,9 @@ impl ProxyHttp for Edge {
         ctx.tried.insert(i);
         ctx.node = Some(i);
         ctx.in_flight = Some(node.runtime.start_request());
-        let peer = match (ctx.route, &node.grpc_peer) {
-            (Route::Grpc, Some(grpc)) => grpc,
+        let peer = match (ctx.route, &node.grpc_peer, &node.console_peer) {
+            (Route::Grpc, Some(grpc), _) => grpc,
+            (Route::Console, _, Some(console)) => console,
             _ => &node.http_peer,
         };
         Ok(Box::new(peer.clone()))
@@ -209,7 +219,7 @@ impl ProxyHttp for Edge {
             upstream.insert_header("x-forwarded-for", ip.to_string())?;
         }
         let proto = match self.listener {
-            Listener::Https => "https",
+            Listener::Https | Listener::Console => "https",
             Listener::Http => "http",
         };
         upstream.insert_header("x-forwarded-proto", proto)?;
@@ -224,7 +234,7 @@ impl ProxyHttp for Edge {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -234,6 +244,9 @@ impl ProxyHttp for Edge {
             if let Some(node) = ctx.node.and_then(|i| ctx.snapshot.pool.nodes.get(i)) {
                 ctx.websocket = Some(node.runtime.open_websocket());
             }
+            if let Some(conn) = session.as_downstream().stream().and_then(ClientConn::of) {
+                conn.enter_websocket(self.shared.snapshot().config.timeouts.websocket_idle);
+            }
         }
         Ok(())
     }
@@ -241,11 +254,33 @@ impl ProxyHttp for Edge {
     async fn request_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if ctx.websocket.is_none() {
+            // Chunked bodies announce no length: count them as they stream.
+            ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+            if ctx.body_bytes > MAX_BODY_BYTES {
+                return Err(status_error(413, "request body over 256 KiB"));
+            }
+        }
         self.close_if_drain_expired(ctx)
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        if let Some(conn) = session.as_downstream().stream().and_then(ClientConn::of) {
+            conn.start_proxying();
+        }
+        if let Err(code) = head_is_acceptable(session.req_header()) {
+            session.set_keepalive(None);
+            return Err(status_error(code, "request refused before proxying"));
+        }
+        // HTTP/1.1 keep-alive idle time (HTTP/2's is the server option h2_idle_timeout).
+        session.set_keepalive(Some(
+            ctx.snapshot.config.timeouts.http_idle.as_secs().max(1),
+        ));
+        Ok(())
     }
 
     fn response_body_filter(
@@ -306,6 +341,9 @@ impl ProxyHttp for Edge {
             .request(code, ctx.route, ctx.node_name(), seconds);
         ctx.websocket = None;
         ctx.in_flight = None;
+        if let Some(conn) = session.as_downstream().stream().and_then(ClientConn::of) {
+            conn.await_next_request(ctx.snapshot.config.timeouts.request_header);
+        }
     }
 }
 
@@ -328,6 +366,89 @@ impl Edge {
             ));
         }
         Ok(())
+    }
+}
+
+/// Nakama refuses request heads over 5 KiB; the edge refuses them first, with 431.
+const MAX_HEAD_BYTES: usize = 5 * 1024;
+/// Nakama refuses bodies over 256 KiB; the edge refuses them first, with 413.
+const MAX_BODY_BYTES: u64 = 256 * 1024;
+
+/// Whether a request head may be proxied: within Nakama's size limits, and framed in one
+/// unambiguous way (the request-smuggling vectors: Content-Length beside Transfer-Encoding,
+/// Content-Length values that disagree, a Transfer-Encoding other than chunked).
+fn head_is_acceptable(req: &RequestHeader) -> Result<(), u16> {
+    let head: usize = req.raw_path().len()
+        + req.method.as_str().len()
+        + req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if head > MAX_HEAD_BYTES {
+        return Err(431);
+    }
+    let mut lengths = req.headers.get_all(header::CONTENT_LENGTH).iter();
+    let length = match lengths.next() {
+        None => None,
+        Some(first) => {
+            if lengths.any(|other| other != first) {
+                return Err(400);
+            }
+            Some(
+                first
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or(400u16)?,
+            )
+        }
+    };
+    let mut encodings = req.headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(te) = encodings.next() {
+        if length.is_some()
+            || encodings.next().is_some()
+            || !te.as_bytes().eq_ignore_ascii_case(b"chunked")
+        {
+            return Err(400);
+        }
+    }
+    if length.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(413);
+    }
+    Ok(())
+}
+
+/// A request held back by the rate limits.
+struct RateLimited {
+    retry_after: u64,
+}
+
+impl RateLimited {
+    async fn respond(self, session: &mut Session) -> Result<bool> {
+        let mut resp = ResponseHeader::build(429, Some(3))?;
+        resp.insert_header(header::RETRY_AFTER, self.retry_after)?;
+        resp.insert_header(header::CONTENT_LENGTH, "0")?;
+        session.write_response_header(Box::new(resp), true).await?;
+        Ok(true)
+    }
+}
+
+impl Edge {
+    /// The per-client request budget: players' routes only (not ACME, redirects or the console).
+    fn over_rate_limit(&self, session: &Session, ctx: &Ctx) -> Option<RateLimited> {
+        if !matches!(ctx.route, Route::Api | Route::WebSocket | Route::Grpc) {
+            return None;
+        }
+        let ip = client_ip(session)?;
+        let auth = is_auth_path(session.req_header().uri.path());
+        match ctx.snapshot.limits.check_request(client_key(ip), auth) {
+            Ok(()) => None,
+            Err(Limited::Rate(wait)) => Some(RateLimited {
+                retry_after: retry_after_secs(wait),
+            }),
+            Err(Limited::Connections) => None,
+        }
     }
 }
 

@@ -59,6 +59,19 @@ pub enum Listener {
     Https,
     /// Plain HTTP: ACME and redirects (or proxying when `http_redirect = false`).
     Http,
+    /// TLS, to the nodes' consoles, for `firewall.console_allow` only.
+    Console,
+}
+
+impl Listener {
+    /// The service name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Listener::Https => "https",
+            Listener::Http => "http",
+            Listener::Console => "console",
+        }
+    }
 }
 
 /// Classify a request by its head.
@@ -69,6 +82,9 @@ pub fn classify(
     websocket_path: &str,
 ) -> Route {
     let path = req.uri.path();
+    if listener == Listener::Console {
+        return Route::Console;
+    }
     if listener == Listener::Http {
         if path.starts_with(ACME_CHALLENGE_PREFIX) {
             return Route::Acme;

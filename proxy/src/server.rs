@@ -4,6 +4,7 @@
 //!   Server (pingora: signals, graceful shutdown and upgrade)
 //!    ├─ https  : TCP ─► accept::Entry (firewall, TLS) ─► HttpProxy<Edge>
 //!    ├─ http   : TCP ─► accept::Entry (firewall)      ─► HttpProxy<Edge> (redirect / ACME)
+//!    ├─ console: TCP ─► accept::Entry (console_allow, TLS) ─► HttpProxy<Edge> (nodes' consoles)
 //!    ├─ admin  : AdminApi
 //!    └─ background: HealthChecker, Reloader, Readiness, AcmeService (with [acme])
 //! ```
@@ -19,6 +20,7 @@ use nakama_edge_certs::acme::{load_stored, AcmeSettings, Challenge};
 use nakama_edge_certs::store::CertStore;
 use nakama_edge_certs::{install_crypto_provider, CertifiedKey};
 use nakama_edge_config::{AcmeChallenge, CertificateSource, Config};
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
@@ -26,10 +28,11 @@ use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use pingora_proxy::http_proxy;
 
-use crate::accept::Entry;
+use crate::accept::{Entry, PeerFilter};
 use crate::acme::{AcmeTask, Served};
 use crate::admin::AdminApi;
 use crate::health_check::HealthChecker;
+use crate::limits::PurgeTask;
 use crate::proxy::Edge;
 use crate::reload::Reloader;
 use crate::route::Listener;
@@ -153,21 +156,23 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             .context("cannot register metrics")?,
     );
 
-    if let Some(addr) = listeners.https {
-        let tls = nakama_edge_certs::server_config(shared.certs.clone())?;
-        let acceptor = Acceptor::from_server_config(Arc::new(tls));
-        let edge = http_proxy(&server_conf, Edge::new(shared.clone(), Listener::Https));
-        let mut service = Service::new(
-            "https".to_string(),
-            Entry::new(shared.clone(), Some(acceptor), edge),
-        );
-        service.add_tcp(&addr.to_string());
-        server.add_service(service);
-    }
-    if let Some(addr) = listeners.http {
-        let edge = http_proxy(&server_conf, Edge::new(shared.clone(), Listener::Http));
-        let mut service = Service::new("http".to_string(), Entry::new(shared.clone(), None, edge));
-        service.threads = Some(1);
+    let tls = Arc::new(nakama_edge_certs::server_config(shared.certs.clone())?);
+    for (listener, addr) in [
+        (Listener::Https, listeners.https),
+        (Listener::Http, listeners.http),
+        (Listener::Console, listeners.console),
+    ] {
+        let Some(addr) = addr else { continue };
+        let acceptor =
+            (listener != Listener::Http).then(|| Acceptor::from_server_config(tls.clone()));
+        let mut edge = http_proxy(&server_conf, Edge::new(shared.clone(), listener));
+        edge.server_options = Some(server_options(&shared));
+        let entry = Entry::new(shared.clone(), listener, acceptor, edge);
+        let mut service = Service::new(listener.name().to_string(), entry);
+        service.set_connection_filter(Arc::new(PeerFilter::new(shared.clone(), listener)));
+        if listener != Listener::Https {
+            service.threads = Some(1);
+        }
         service.add_tcp(&addr.to_string());
         server.add_service(service);
     }
@@ -177,6 +182,10 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         service.add_tcp(&addr.to_string());
         server.add_service(service);
     }
+    server.add_service(background_service(
+        "limits purge",
+        PurgeTask::new(shared.clone()),
+    ));
     server.add_service(background_service(
         "health checks",
         HealthChecker::new(shared.clone()),
@@ -203,6 +212,14 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     ));
     tracing::info!(https = ?listeners.https, http = ?listeners.http, admin = ?listeners.admin, "nakama-edge starting");
     server.run_forever()
+}
+
+/// HTTP server options of the player listeners: HTTP/2 connections idle for
+/// `timeouts.http_idle` are closed (HTTP/1.1 idling is the keep-alive timeout, set per request).
+fn server_options(shared: &Shared) -> HttpServerOptions {
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(shared.snapshot().config.timeouts.http_idle);
+    options
 }
 
 /// Marks the listeners bound once each one accepts a connection.

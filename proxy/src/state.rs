@@ -20,6 +20,7 @@ use nakama_edge_config::{CertificateSource, Config, ConfigError};
 use tokio::sync::Notify;
 
 use crate::firewall::Firewall;
+use crate::limits::{Limits, OpenConnections};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, Registry};
 
@@ -31,16 +32,29 @@ pub struct Snapshot {
     pub pool: Pool,
     /// The compiled firewall.
     pub firewall: Firewall,
+    /// Per-client limits; kept from the previous snapshot while `[rate_limit]` is unchanged,
+    /// so a reload does not hand every client a fresh budget.
+    pub limits: Arc<Limits>,
 }
 
 impl Snapshot {
-    fn build(config: Config, registry: &Registry) -> Snapshot {
+    fn build(
+        config: Config,
+        registry: &Registry,
+        previous: Option<&Snapshot>,
+        open: &Arc<OpenConnections>,
+    ) -> Snapshot {
         let pool = Pool::build(&config, registry);
         let firewall = Firewall::new(&config.firewall);
+        let limits = match previous {
+            Some(p) if *p.limits.config() == config.rate_limit => p.limits.clone(),
+            _ => Arc::new(Limits::new(&config.rate_limit, open.clone())),
+        };
         Snapshot {
             config,
             pool,
             firewall,
+            limits,
         }
     }
 }
@@ -72,6 +86,7 @@ pub enum ReloadError {
 pub struct Shared {
     current: ArcSwap<Snapshot>,
     registry: Registry,
+    open: Arc<OpenConnections>,
     /// The process's metrics.
     pub metrics: Metrics,
     /// The https listener's certificates.
@@ -97,10 +112,12 @@ impl Shared {
         certificate_ready: bool,
     ) -> std::io::Result<Shared> {
         let registry = Registry::default();
-        let snapshot = Snapshot::build(config, &registry);
+        let open = Arc::new(OpenConnections::default());
+        let snapshot = Snapshot::build(config, &registry, None, &open);
         Ok(Shared {
             current: ArcSwap::from_pointee(snapshot),
             registry,
+            open,
             metrics: Metrics::new()?,
             certs: Arc::new(CertResolver::new(initial)),
             source,
@@ -196,8 +213,12 @@ impl Shared {
             }
             CertificateSource::SelfSigned | CertificateSource::Acme(_) => {}
         }
-        self.current
-            .store(Arc::new(Snapshot::build(config, &self.registry)));
+        self.current.store(Arc::new(Snapshot::build(
+            config,
+            &self.registry,
+            Some(&old),
+            &self.open,
+        )));
         Ok(())
     }
 

@@ -304,6 +304,10 @@ pub struct Edge {
     dir: TempDir,
 }
 
+/// Limits far above any test's load, unless a test is about limits.
+const TEST_RATE_LIMIT: &str = "[rate_limit]\nrequests_per_second = 100000\nburst = 100000\n\
+     auth_requests_per_minute = 100000\nconnections_per_ip = 10000\nnew_connections_per_second = 10000\n";
+
 /// The default test sections: quick health checks.
 const TEST_HEALTH_CHECK: &str =
     "[health_check]\ninterval = \"200ms\"\ntimeout = \"500ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 1\n";
@@ -384,9 +388,14 @@ impl Edge {
         } else {
             TEST_HEALTH_CHECK
         };
+        let limits = if sections.contains("[rate_limit]") {
+            ""
+        } else {
+            TEST_RATE_LIMIT
+        };
         format!(
             "[server]\nthreads = 1\ngrace_period = \"1s\"\n\n[listeners]\nhttps = \"{}\"\nhttp = \"{}\"\nadmin = \"{}\"\n\n\
-             {tls}\n{health}\n{sections}\n\n{nodes}",
+             {tls}\n{health}\n{limits}\n{sections}\n\n{nodes}",
             self.https, self.http, self.admin,
         )
     }

@@ -1,0 +1,276 @@
+//! A player's connection as the edge holds it: the stream pingora reads and writes, wrapped
+//! with the deadlines pingora does not enforce, and the per-IP connection slot it occupies.
+//!
+//! ```text
+//!   phase            deadline on reads                         set by
+//!   AwaitingHeader   request_header after the request began    accept; end of each request
+//!   Proxying         none (pingora's own read timeout)         early_request_filter
+//!   WebSocket        websocket_idle after the last client byte upstream_response_filter (101)
+//! ```
+//!
+//! Pingora times out each *read*; a slowloris that sends one byte a second never trips that.
+//! Here the whole request head has a deadline, and an upgraded WebSocket an idle deadline of
+//! its own, separate from HTTP's keep-alive. HTTP/2 connections start in `Proxying`: their
+//! idle limit is pingora's `h2_idle_timeout`.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::{SslDigest, TlsRef};
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::limits::ConnectionSlot;
+
+/// What the connection is doing, as far as its deadlines are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Waiting for (the rest of) a request head.
+    AwaitingHeader = 0,
+    /// A request is being proxied.
+    Proxying = 1,
+    /// An upgraded WebSocket.
+    WebSocket = 2,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            0 => Phase::AwaitingHeader,
+            2 => Phase::WebSocket,
+            _ => Phase::Proxying,
+        }
+    }
+}
+
+/// A player's connection. Built by the accept path; reached from the request path with
+/// [`ClientConn::of`].
+pub struct ClientConn {
+    inner: Stream,
+    phase: AtomicU8,
+    /// The limit of the current phase, in milliseconds (request header or WebSocket idle).
+    limit_ms: AtomicU64,
+    seen_phase: Phase,
+    /// When the current request head began, or the last client byte of a WebSocket.
+    since: Option<Instant>,
+    timer: Pin<Box<Sleep>>,
+    timer_at: Option<Instant>,
+    _slot: Option<ConnectionSlot>,
+}
+
+impl ClientConn {
+    /// Wrap `inner`. The first request head must arrive within `request_header` (HTTP/1.x);
+    /// an HTTP/2 connection has no head deadline here.
+    pub fn new(
+        inner: Stream,
+        request_header: Duration,
+        slot: Option<ConnectionSlot>,
+    ) -> ClientConn {
+        let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
+        let (phase, since) = if h2 {
+            (Phase::Proxying, None)
+        } else {
+            (Phase::AwaitingHeader, Some(Instant::now()))
+        };
+        ClientConn {
+            inner,
+            phase: AtomicU8::new(phase as u8),
+            limit_ms: AtomicU64::new(request_header.as_millis() as u64),
+            seen_phase: phase,
+            since,
+            timer: Box::pin(tokio::time::sleep_until(
+                Instant::now() + Duration::from_secs(86400),
+            )),
+            timer_at: None,
+            _slot: slot,
+        }
+    }
+
+    /// The connection under a pingora stream, if the accept path made it.
+    pub fn of(stream: &Stream) -> Option<&ClientConn> {
+        stream.as_any().downcast_ref::<ClientConn>()
+    }
+
+    fn enter(&self, phase: Phase, limit: Duration) {
+        self.limit_ms
+            .store(limit.as_millis() as u64, Ordering::Relaxed);
+        self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    /// The request head is in: no head deadline while it is proxied.
+    pub fn start_proxying(&self) {
+        self.enter(Phase::Proxying, Duration::ZERO);
+    }
+
+    /// The request is over; the next head must arrive within `request_header` of its first byte.
+    pub fn await_next_request(&self, request_header: Duration) {
+        self.enter(Phase::AwaitingHeader, request_header);
+    }
+
+    /// Upgraded: closed after `idle` without a byte from the client.
+    pub fn enter_websocket(&self, idle: Duration) {
+        self.enter(Phase::WebSocket, idle);
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
+    }
+
+    /// `Err` when the current deadline has passed; otherwise arms the timer for it.
+    fn check_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let phase = self.phase();
+        if phase != self.seen_phase {
+            self.seen_phase = phase;
+            // A new head is timed from its first byte; a new WebSocket from its upgrade.
+            self.since = (phase == Phase::WebSocket).then(Instant::now);
+        }
+        let limit = Duration::from_millis(self.limit_ms.load(Ordering::Relaxed));
+        let deadline = match (phase, self.since) {
+            (Phase::Proxying, _) | (_, None) => return Ok(()),
+            (_, Some(since)) => since + limit,
+        };
+        if self.timer_at != Some(deadline) {
+            self.timer.as_mut().reset(deadline);
+            self.timer_at = Some(deadline);
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            let what = match phase {
+                Phase::WebSocket => "WebSocket idle timeout",
+                _ => "request header timeout",
+            };
+            return Err(io::Error::new(io::ErrorKind::TimedOut, what));
+        }
+        Ok(())
+    }
+}
+
+use std::future::Future as _;
+
+impl AsyncRead for ClientConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Err(e) = self.check_deadline(cx) {
+            return Poll::Ready(Err(e));
+        }
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            if buf.filled().len() > before {
+                match self.seen_phase {
+                    Phase::AwaitingHeader if self.since.is_none() => {
+                        self.since = Some(Instant::now())
+                    }
+                    Phase::WebSocket => self.since = Some(Instant::now()),
+                    _ => {}
+                }
+            }
+        }
+        result
+    }
+}
+
+impl AsyncWrite for ClientConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for ClientConn {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for ClientConn {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for ClientConn {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for ClientConn {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for ClientConn {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for ClientConn {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+#[async_trait]
+impl Peek for ClientConn {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+impl fmt::Debug for ClientConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConn")
+            .field("phase", &self.phase())
+            .finish_non_exhaustive()
+    }
+}

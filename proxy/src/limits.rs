@@ -1,0 +1,329 @@
+//! Per-client limits (governor): requests per second with a burst, a stricter budget for
+//! authentication, new connections per second, and concurrent connections.
+//!
+//! Clients are keyed by IP address, IPv6 by its /64 (one subscriber's allocation). Memory
+//! stays bounded however many addresses arrive: a key whose budget has refilled is
+//! indistinguishable from a new one and is dropped by [`Limits::purge`], which runs every
+//! second and at once when a store grows past [`PURGE_ABOVE`] keys. Concurrent-connection
+//! counts exist only while connections do.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use nakama_edge_config::RateLimit;
+
+use crate::firewall::canonical;
+
+/// A client as the limits see it: an IPv4 address, or an IPv6 /64.
+pub type ClientKey = u128;
+
+/// The key of `ip`: an IPv6 address's /64 prefix (below 2^64), or 2^64 plus an IPv4 address,
+/// so that the two never meet.
+pub fn client_key(ip: IpAddr) -> ClientKey {
+    match canonical(ip) {
+        IpAddr::V4(v4) => (1u128 << 64) | u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6) >> 64,
+    }
+}
+
+/// A store this large is purged at once rather than at the next tick.
+pub const PURGE_ABOVE: usize = 100_000;
+
+/// Paths with the stricter authentication budget.
+pub fn is_auth_path(path: &str) -> bool {
+    path.starts_with("/v2/account/authenticate/") || path == "/v2/account/session/refresh"
+}
+
+fn nonzero(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+/// The rate limiters of one `[rate_limit]` configuration.
+pub struct Limits {
+    config: RateLimit,
+    requests: DefaultKeyedRateLimiter<ClientKey>,
+    auth: DefaultKeyedRateLimiter<ClientKey>,
+    new_connections: DefaultKeyedRateLimiter<ClientKey>,
+    /// Shared by every configuration: connections outlive reloads.
+    open: Arc<OpenConnections>,
+}
+
+/// Why a client was held back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    /// Over a rate: try again after this long.
+    Rate(Duration),
+    /// Too many open connections from this client.
+    Connections,
+}
+
+impl Limits {
+    /// Limiters for `config`, counting open connections in `open`.
+    pub fn new(config: &RateLimit, open: Arc<OpenConnections>) -> Limits {
+        let per_second =
+            |rate: u32, burst: u32| Quota::per_second(nonzero(rate)).allow_burst(nonzero(burst));
+        Limits {
+            config: config.clone(),
+            requests: RateLimiter::dashmap(per_second(config.requests_per_second, config.burst)),
+            auth: RateLimiter::dashmap(Quota::per_minute(nonzero(config.auth_requests_per_minute))),
+            new_connections: RateLimiter::dashmap(per_second(
+                config.new_connections_per_second,
+                config.new_connections_per_second,
+            )),
+            open,
+        }
+    }
+
+    /// The configuration these limiters enforce.
+    pub fn config(&self) -> &RateLimit {
+        &self.config
+    }
+
+    fn check(limiter: &DefaultKeyedRateLimiter<ClientKey>, key: ClientKey) -> Result<(), Limited> {
+        if limiter.len() > PURGE_ABOVE {
+            limiter.retain_recent();
+        }
+        limiter.check_key(&key).map_err(|not_until| {
+            Limited::Rate(not_until.wait_time_from(DefaultClock::default().now()))
+        })
+    }
+
+    /// One request from `key`; authentication requests also spend the stricter budget.
+    pub fn check_request(&self, key: ClientKey, auth: bool) -> Result<(), Limited> {
+        Self::check(&self.requests, key)?;
+        if auth {
+            Self::check(&self.auth, key)?;
+        }
+        Ok(())
+    }
+
+    /// A new connection from `key`: within the rate, and a slot among its open connections.
+    pub fn admit_connection(&self, key: ClientKey) -> Result<ConnectionSlot, Limited> {
+        Self::check(&self.new_connections, key)?;
+        self.open
+            .acquire(key, self.config.connections_per_ip)
+            .ok_or(Limited::Connections)
+    }
+
+    /// Forget keys whose budgets have refilled.
+    pub fn purge(&self) {
+        for limiter in [&self.requests, &self.auth, &self.new_connections] {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+
+    /// Keys held across the limiters (for tests and metrics).
+    pub fn tracked_keys(&self) -> usize {
+        self.requests.len() + self.auth.len() + self.new_connections.len()
+    }
+}
+
+/// Open connections per client.
+#[derive(Debug, Default)]
+pub struct OpenConnections {
+    counts: Mutex<HashMap<ClientKey, u32>>,
+}
+
+impl OpenConnections {
+    fn acquire(self: &Arc<Self>, key: ClientKey, max: u32) -> Option<ConnectionSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(key).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionSlot {
+            open: self.clone(),
+            key,
+        })
+    }
+
+    /// Clients with open connections.
+    pub fn clients(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// One open connection of one client; dropping it frees the slot.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    open: Arc<OpenConnections>,
+    key: ClientKey,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut counts = self.open.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Forgets refilled keys every second, so that limiter memory follows the clients of the last
+/// moments, not every client ever seen.
+pub struct PurgeTask {
+    shared: Arc<crate::state::Shared>,
+}
+
+impl PurgeTask {
+    /// The purge of `shared`'s current limits.
+    pub fn new(shared: Arc<crate::state::Shared>) -> Self {
+        PurgeTask { shared }
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for PurgeTask {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.shared.snapshot().limits.purge(),
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// The seconds of a `Retry-After` header for `wait`: rounded up, at least 1.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.is_zero()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(rps: u32, burst: u32, auth_per_min: u32, conns: u32, new_per_sec: u32) -> RateLimit {
+        RateLimit {
+            requests_per_second: rps,
+            burst,
+            auth_requests_per_minute: auth_per_min,
+            connections_per_ip: conns,
+            new_connections_per_second: new_per_sec,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn keys() {
+        assert_eq!(
+            client_key(ip("2001:db8:1:2::1")),
+            client_key(ip("2001:db8:1:2:ffff::9")),
+            "one /64"
+        );
+        assert_ne!(
+            client_key(ip("2001:db8:1:2::1")),
+            client_key(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(
+            client_key(ip("::ffff:10.0.0.1")),
+            client_key(ip("10.0.0.1"))
+        );
+        assert_ne!(client_key(ip("10.0.0.1")), client_key(ip("10.0.0.2")));
+        assert_ne!(client_key(ip("0.0.0.1")), client_key(ip("::1")));
+    }
+
+    #[test]
+    fn burst_then_limited_per_client() {
+        let limits = Limits::new(&config(1, 5, 2, 10, 100), Arc::default());
+        let (a, b) = (client_key(ip("10.0.0.1")), client_key(ip("10.0.0.2")));
+        for _ in 0..5 {
+            assert_eq!(limits.check_request(a, false), Ok(()));
+        }
+        let Err(Limited::Rate(wait)) = limits.check_request(a, false) else {
+            panic!()
+        };
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert_eq!(
+            limits.check_request(b, false),
+            Ok(()),
+            "other clients are unaffected"
+        );
+        // Authentication: 2 per minute.
+        assert_eq!(limits.check_request(b, true), Ok(()));
+        assert_eq!(limits.check_request(b, true), Ok(()));
+        let Err(Limited::Rate(wait)) = limits.check_request(b, true) else {
+            panic!()
+        };
+        assert!(wait > Duration::from_secs(20), "{wait:?}");
+    }
+
+    #[test]
+    fn concurrent_connections_are_slots() {
+        let limits = Limits::new(&config(100, 100, 100, 2, 100), Arc::default());
+        let a = client_key(ip("10.0.0.1"));
+        let s1 = limits.admit_connection(a).unwrap();
+        let _s2 = limits.admit_connection(a).unwrap();
+        assert_eq!(
+            limits.admit_connection(a).unwrap_err(),
+            Limited::Connections
+        );
+        drop(s1);
+        assert!(limits.admit_connection(a).is_ok());
+    }
+
+    #[test]
+    fn new_connection_rate() {
+        let limits = Limits::new(&config(100, 100, 100, 1000, 3), Arc::default());
+        let a = client_key(ip("10.0.0.1"));
+        let slots: Vec<_> = (0..3)
+            .map(|_| limits.admit_connection(a).unwrap())
+            .collect();
+        assert!(matches!(limits.admit_connection(a), Err(Limited::Rate(_))));
+        drop(slots);
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(30)), 30);
+    }
+
+    /// A million distinct clients, one request each, with the periodic purge running as it
+    /// does in the edge: the store never holds more than what the last purge interval added,
+    /// and empties once the budgets have refilled.
+    #[test]
+    fn a_million_distinct_clients_stay_bounded() {
+        let limits = Limits::new(&config(50, 100, 30, 200, 50), Arc::default());
+        let mut most = 0;
+        for i in 0u32..1_000_000 {
+            let key = client_key(IpAddr::V4(i.wrapping_mul(2_654_435_761).into()));
+            assert_eq!(limits.check_request(key, false), Ok(()));
+            if i % 50_000 == 0 {
+                limits.purge();
+            }
+            most = most.max(limits.tracked_keys());
+        }
+        assert!(most <= PURGE_ABOVE + 1, "at most {most} keys held");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while limits.tracked_keys() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} keys left",
+                limits.tracked_keys()
+            );
+            std::thread::yield_now();
+            limits.purge();
+        }
+    }
+}
