@@ -63,7 +63,7 @@ async fn a_killed_node_is_taken_out_without_failing_a_request() {
         w.await.unwrap();
     }
     assert_eq!(done.load(Ordering::Relaxed), 600);
-    let failures = failures.lock().unwrap();
+    let failures = failures.lock().unwrap().clone();
     assert!(
         failures.is_empty(),
         "{} failed requests, the first: {:?}",
