@@ -129,6 +129,14 @@ fn peer_of(stream: &L4Stream) -> Option<SocketAddr> {
         .copied()
 }
 
+/// Whether a handshake failed because the peer closed the connection (a TCP probe, a client
+/// that gave up), rather than because TLS went wrong. Pingora's handshake errors keep only the
+/// text of their cause (`explain_err`), so this reads tokio-rustls's and the kernel's words.
+fn went_away(e: &pingora_error::Error) -> bool {
+    let text = e.to_string();
+    text.ends_with("tls handshake eof") || text.contains("Connection reset by peer")
+}
+
 /// Make `client` the peer address pingora reports for this connection (the digest's
 /// addresses are filled lazily from the socket; this one is filled first).
 fn set_peer(stream: &mut L4Stream, client: SocketAddr) {
@@ -189,6 +197,11 @@ impl ServerApp for Entry {
                             return None;
                         }
                         Box::new(tls)
+                    }
+                    Ok(Err(e)) if went_away(&e) => {
+                        // A TCP probe or a client that gave up: no TLS failure to count.
+                        tracing::debug!(%peer, "closed before completing the TLS handshake");
+                        return None;
                     }
                     Ok(Err(e)) => {
                         self.shared.metrics.tls_handshake(false);

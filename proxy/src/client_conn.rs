@@ -274,3 +274,73 @@ impl fmt::Debug for ClientConn {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora_core::protocols::l4::stream::Stream as L4Stream;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A connected pair: the edge's side wrapped in a `ClientConn`, and the client's socket.
+    async fn pair(request_header: Duration) -> (ClientConn, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let stream: Stream = Box::new(L4Stream::from(server));
+        (ClientConn::new(stream, request_header, None), client)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_websocket_is_closed_after_its_own_timeout_only() {
+        let (mut conn, mut client) = pair(Duration::from_secs(10)).await;
+        conn.enter_websocket(Duration::from_secs(120));
+        let mut buf = [0u8; 16];
+        // Traffic at 100 s keeps it open past the first 120 s...
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        client.write_all(b"x").await.unwrap();
+        assert_eq!(conn.read(&mut buf).await.unwrap(), 1);
+        let quiet_from = Instant::now();
+        // ...and 120 s of silence after that closes it.
+        let err = conn.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let waited = quiet_from.elapsed();
+        assert!(
+            waited >= Duration::from_secs(120) && waited < Duration::from_secs(121),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_head_has_a_deadline_from_its_first_byte() {
+        let (mut conn, mut client) = pair(Duration::from_secs(10)).await;
+        let mut buf = [0u8; 16];
+        // Bytes keep coming, one a second, but the head is never finished.
+        let started = Instant::now();
+        let err = loop {
+            client.write_all(b"a").await.unwrap();
+            match tokio::time::timeout(Duration::from_secs(1), conn.read(&mut buf)).await {
+                Ok(Ok(_)) => tokio::time::sleep(Duration::from_secs(1)).await,
+                Ok(Err(e)) => break e,
+                Err(_) => {}
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "never cut off");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() <= Duration::from_secs(11));
+
+        // Proxying has no such deadline; the next head is timed from its first byte.
+        conn.start_proxying();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        client.write_all(b"b").await.unwrap();
+        assert!(conn.read(&mut buf).await.is_ok());
+        conn.await_next_request(Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        client.write_all(b"c").await.unwrap();
+        assert!(
+            conn.read(&mut buf).await.is_ok(),
+            "idle time before a head is not the head's"
+        );
+    }
+}

@@ -222,7 +222,8 @@ fn server_options(shared: &Shared) -> HttpServerOptions {
     options
 }
 
-/// Marks the listeners bound once each one accepts a connection.
+/// Marks the listeners bound once the kernel shows each one listening. (Pingora binds inside
+/// each service, after it reports ready; connecting to find out would count as traffic.)
 struct Readiness {
     shared: Arc<Shared>,
     addresses: Vec<SocketAddr>,
@@ -231,26 +232,65 @@ struct Readiness {
 #[async_trait]
 impl BackgroundService for Readiness {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        for addr in &self.addresses {
-            let mut target = *addr;
-            if target.ip().is_unspecified() {
-                target.set_ip(if target.is_ipv4() {
-                    [127, 0, 0, 1].into()
-                } else {
-                    std::net::Ipv6Addr::LOCALHOST.into()
-                });
-            }
-            loop {
-                if tokio::net::TcpStream::connect(target).await.is_ok() {
-                    break;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    _ = shutdown.changed() => return,
-                }
+        while !self.addresses.iter().all(|a| is_listening(*a)) {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = shutdown.changed() => return,
             }
         }
         self.shared.listeners_bound.store(true, Ordering::Relaxed);
         tracing::info!("listeners bound");
+    }
+}
+
+/// Whether a socket listens on `addr` (Linux: `/proc/net/tcp` and `tcp6`, state 0A).
+fn is_listening(addr: SocketAddr) -> bool {
+    let (file, width) = match addr {
+        SocketAddr::V4(_) => ("/proc/net/tcp", 8),
+        SocketAddr::V6(_) => ("/proc/net/tcp6", 32),
+    };
+    let Ok(table) = std::fs::read_to_string(file) else {
+        return false;
+    };
+    table.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        let (Some(local), Some(_remote), Some(state)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            return false;
+        };
+        let Some((ip_hex, port_hex)) = local.split_once(':') else {
+            return false;
+        };
+        state == "0A"
+            && ip_hex.len() == width
+            && u16::from_str_radix(port_hex, 16).ok() == Some(addr.port())
+            && {
+                // The kernel prints each 32-bit word of the address in host order.
+                let octets: Vec<u8> = (0..width / 8)
+                    .filter_map(|w| u32::from_str_radix(&ip_hex[w * 8..w * 8 + 8], 16).ok())
+                    .flat_map(u32::to_ne_bytes)
+                    .collect();
+                match addr {
+                    SocketAddr::V4(a) => octets.as_slice() == a.ip().octets(),
+                    SocketAddr::V6(a) => octets.as_slice() == a.ip().octets(),
+                }
+            }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_listening;
+
+    #[test]
+    fn sees_a_listening_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert!(is_listening(addr));
+        drop(listener);
+        assert!(!is_listening(addr));
+        let v6 = std::net::TcpListener::bind("[::1]:0").unwrap();
+        assert!(is_listening(v6.local_addr().unwrap()));
     }
 }

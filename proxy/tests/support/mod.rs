@@ -276,6 +276,8 @@ pub struct Ports {
     pub https: SocketAddr,
     pub http: SocketAddr,
     pub admin: SocketAddr,
+    /// The console listener, if the edge has one.
+    pub console: Option<SocketAddr>,
 }
 
 impl Ports {
@@ -286,6 +288,15 @@ impl Ports {
             https: addr(),
             http: addr(),
             admin: addr(),
+            console: None,
+        }
+    }
+
+    /// [`Ports::free`] and a console listener.
+    pub fn with_console() -> Ports {
+        Ports {
+            console: Some(format!("127.0.0.1:{}", free_port()).parse().unwrap()),
+            ..Ports::free()
         }
     }
 }
@@ -296,6 +307,7 @@ pub struct Edge {
     pub https: SocketAddr,
     pub http: SocketAddr,
     pub admin: SocketAddr,
+    pub console: Option<SocketAddr>,
     pub certs: TestCerts,
     pub config_path: PathBuf,
     pub cert_path: PathBuf,
@@ -332,6 +344,7 @@ impl Edge {
             https: ports.https,
             http: ports.http,
             admin: ports.admin,
+            console: ports.console,
             certs,
             config_path,
             cert_path,
@@ -361,6 +374,7 @@ impl Edge {
             https: self.https,
             http: self.http,
             admin: self.admin,
+            console: self.console,
         }
     }
 
@@ -388,13 +402,16 @@ impl Edge {
         } else {
             TEST_HEALTH_CHECK
         };
+        let console = self
+            .console
+            .map_or(String::new(), |c| format!("console = \"{c}\"\n"));
         let limits = if sections.contains("[rate_limit]") {
             ""
         } else {
             TEST_RATE_LIMIT
         };
         format!(
-            "[server]\nthreads = 1\ngrace_period = \"1s\"\n\n[listeners]\nhttps = \"{}\"\nhttp = \"{}\"\nadmin = \"{}\"\n\n\
+            "[server]\nthreads = 1\ngrace_period = \"1s\"\n\n[listeners]\nhttps = \"{}\"\nhttp = \"{}\"\nadmin = \"{}\"\n{console}\n\
              {tls}\n{health}\n{limits}\n{sections}\n\n{nodes}",
             self.https, self.http, self.admin,
         )
@@ -531,21 +548,30 @@ impl Edge {
         }
     }
 
+    /// A TLS connection to `addr` from `source`, offering `alpn`, or why there is none.
+    pub async fn try_tls_connect_to(
+        &self,
+        addr: SocketAddr,
+        source: IpAddr,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        let tcp = socket.connect(addr).await?;
+        let connector = tokio_rustls::TlsConnector::from(self.certs.client_config(alpn));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        tokio::time::timeout(DEADLINE, connector.connect(name, tcp))
+            .await
+            .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
+    }
+
     /// A TLS connection to the https listener from `source`, offering `alpn`.
     pub async fn tls_connect(
         &self,
         source: IpAddr,
         alpn: &[&[u8]],
     ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::new(source, 0)).unwrap();
-        let tcp = socket.connect(self.https).await.unwrap();
-        let connector = tokio_rustls::TlsConnector::from(self.certs.client_config(alpn));
-        connector
-            .connect(
-                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-                tcp,
-            )
+        self.try_tls_connect_to(self.https, source, alpn)
             .await
             .unwrap()
     }
