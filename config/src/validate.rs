@@ -16,6 +16,8 @@ use crate::*;
 /// Ports a node must never be reached on through a public listener: Nakama's console and
 /// console gRPC.
 const CONSOLE_PORTS: [u16; 2] = [7351, 7348];
+/// Nakama's Prometheus endpoint (its usual port): for the scraper, never for players.
+const METRICS_PORT: u16 = 9100;
 
 struct Checker<'a> {
     text: &'a str,
@@ -488,6 +490,12 @@ impl Checker<'_> {
                                 "nodes.{key} {addr} is a Nakama console port ({}): it must never be exposed to players; use nodes.console and listeners.console",
                                 addr.port()
                             ),
+                        );
+                    }
+                    if addr.port() == METRICS_PORT {
+                        self.problem(
+                            raw.span(),
+                            format!("nodes.{key} {addr} is Nakama's metrics port: it is for the Prometheus scraper, never for players"),
                         );
                     }
                 }

@@ -224,3 +224,10 @@ fn error_text_names_file_line_and_column() {
         "edge.toml:2:11: server.threads must be between 1 and 1024, not 0"
     );
 }
+
+#[test]
+fn a_node_on_nakamas_metrics_port_is_refused() {
+    let p = one_problem("[[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:9100\"\n");
+    assert_eq!((p.line, p.column), (3, 11));
+    assert!(p.message.contains("metrics port"), "{}", p.message);
+}

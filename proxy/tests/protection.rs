@@ -541,3 +541,27 @@ async fn tcp_probes_are_not_counted_as_tls_failures_but_garbage_is() {
     .await;
     assert_eq!(errors().await, 1.0);
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_the_tls_handshake_is_dropped() {
+    let (_nodes, edge) = cluster_with(&["a"], "[timeouts]\ntls_handshake = \"1s\"\n").await;
+    let mut silent = tokio::net::TcpStream::connect(edge.https).await.unwrap();
+    let started = Instant::now();
+    let mut b = [0u8; 16];
+    let n = tokio::time::timeout(DEADLINE, silent.read(&mut b))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a byte");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "after {:?}",
+        started.elapsed()
+    );
+    eventually("counted as a failed handshake", || async {
+        edge.metric("nakama_edge_tls_handshakes_total{result=\"error\"}")
+            .await
+            == 1.0
+    })
+    .await;
+}
