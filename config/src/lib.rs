@@ -56,6 +56,28 @@ pub struct Config {
     pub rate_limit: RateLimit,
     /// Time limits.
     pub timeouts: Timeouts,
+    /// Logging; changes apply on reload.
+    pub log: Log,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Log {
+    /// A tracing filter: `"info"`, `"warn"`, `"info,pingora_core=warn"`.
+    pub level: String,
+    /// How lines are written.
+    pub format: LogFormat,
+    /// One line per request or WebSocket session.
+    pub access_log: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people at a terminal.
+    Human,
+    /// One JSON object per line, for log pipelines.
+    Json,
 }
 
 /// `[server]`

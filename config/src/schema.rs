@@ -19,6 +19,7 @@ pub(crate) struct RawConfig {
     pub firewall: RawFirewall,
     pub rate_limit: RawRateLimit,
     pub timeouts: RawTimeouts,
+    pub log: RawLog,
 }
 
 #[derive(Deserialize, Default)]
@@ -111,6 +112,14 @@ pub(crate) struct RawRateLimit {
     pub auth_requests_per_minute: S<i64>,
     pub connections_per_ip: S<i64>,
     pub new_connections_per_second: S<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawLog {
+    pub level: S<String>,
+    pub format: S<String>,
+    pub access_log: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]

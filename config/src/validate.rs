@@ -334,6 +334,42 @@ impl Checker<'_> {
             }
         }
 
+        let l = &raw.log;
+        let format = match l.format.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+            None | Some(("human", _)) => LogFormat::Human,
+            Some(("json", _)) => LogFormat::Json,
+            Some((other, span)) => {
+                self.problem(
+                    span,
+                    format!("log.format must be \"human\" or \"json\", not {other:?}"),
+                );
+                LogFormat::Human
+            }
+        };
+        let level = l
+            .level
+            .as_ref()
+            .map_or_else(|| "info".to_string(), |v| v.get_ref().clone());
+        if let Some(v) = &l.level {
+            let valid = v.get_ref().split(',').all(|directive| {
+                let level = directive
+                    .rsplit('=')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                ["trace", "debug", "info", "warn", "error", "off"].contains(&level.as_str())
+            });
+            if !valid {
+                self.problem(v.span(), format!("log.level {:?} is not a level (trace, debug, info, warn, error, off) or target=level list", v.get_ref()));
+            }
+        }
+        let log = Log {
+            level,
+            format,
+            access_log: l.access_log.unwrap_or(true),
+        };
+
         Config {
             server,
             listeners,
@@ -344,6 +380,7 @@ impl Checker<'_> {
             firewall,
             rate_limit,
             timeouts,
+            log,
         }
     }
 

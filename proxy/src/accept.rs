@@ -35,7 +35,7 @@ use pingora_proxy::HttpProxy;
 use crate::client_conn::ClientConn;
 use crate::firewall::{canonical, Firewall};
 use crate::limits::{client_key, Limited};
-use crate::metrics::RejectReason;
+use crate::metrics::{RejectReason, TlsFailure};
 use crate::proxy::Edge;
 use crate::proxy_protocol::{read_header, Origin};
 use crate::route::Listener;
@@ -204,19 +204,21 @@ impl ServerApp for Entry {
                         return None;
                     }
                     Ok(Err(e)) => {
-                        self.shared.metrics.tls_handshake(false);
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        let text = e.to_string();
+                        self.shared.metrics.tls_failure(TlsFailure::of(&text));
+                        tracing::debug!(%peer, error = %text, "TLS handshake failed");
                         return None;
                     }
                     Err(_) => {
-                        self.shared.metrics.tls_handshake(false);
+                        self.shared.metrics.tls_failure(TlsFailure::Timeout);
                         tracing::debug!(%peer, "TLS handshake timed out");
                         return None;
                     }
                 }
             }
         };
-        let conn = ClientConn::new(stream, timeouts.request_header, Some(slot));
+        let open = self.shared.metrics.connection_opened(self.listener.name());
+        let conn = ClientConn::new(stream, timeouts.request_header, Some(slot), Some(open));
         self.http.process_new(Box::new(conn), shutdown).await
     }
 }

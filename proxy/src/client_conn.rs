@@ -32,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::limits::ConnectionSlot;
+use crate::metrics::OpenConnection;
 
 /// What the connection is doing, as far as its deadlines are concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,15 +69,18 @@ pub struct ClientConn {
     timer: Pin<Box<Sleep>>,
     timer_at: Option<Instant>,
     _slot: Option<ConnectionSlot>,
+    _open: Option<OpenConnection>,
 }
 
 impl ClientConn {
-    /// Wrap `inner`. The first request head must arrive within `request_header` (HTTP/1.x);
-    /// an HTTP/2 connection has no head deadline here.
+    /// Wrap `inner`, holding `slot` (the client's connection limit) and `open` (the listener's
+    /// gauge) until it closes. The first request head must arrive within `request_header`
+    /// (HTTP/1.x); an HTTP/2 connection has no head deadline here.
     pub fn new(
         inner: Stream,
         request_header: Duration,
         slot: Option<ConnectionSlot>,
+        open: Option<OpenConnection>,
     ) -> ClientConn {
         let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
         let (phase, since) = if h2 {
@@ -95,6 +99,7 @@ impl ClientConn {
             )),
             timer_at: None,
             _slot: slot,
+            _open: open,
         }
     }
 
@@ -289,7 +294,7 @@ mod tests {
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let stream: Stream = Box::new(L4Stream::from(server));
-        (ClientConn::new(stream, request_header, None), client)
+        (ClientConn::new(stream, request_header, None, None), client)
     }
 
     #[tokio::test(start_paused = true)]

@@ -70,7 +70,11 @@ impl BackgroundService for HealthChecker {
 async fn check_loop(shared: Arc<Shared>, node: Arc<NodeRuntime>) {
     loop {
         let settings = shared.snapshot().config.health_check.clone();
+        let started = std::time::Instant::now();
         let result = check(node.address, &settings.path, settings.timeout).await;
+        shared
+            .metrics
+            .health_check(&node.name, result.is_ok(), started.elapsed().as_secs_f64());
         if let Some(changed) = node.record_check(
             result.is_ok(),
             settings.healthy_threshold,

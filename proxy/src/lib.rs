@@ -27,6 +27,7 @@
 //! | [`reload`] | file watching and SIGHUP |
 //! | [`admin`] | the admin API |
 //! | [`metrics`] | Prometheus metrics |
+//! | [`logging`] | log level and format, the access log |
 
 pub mod accept;
 pub mod acme;
@@ -35,6 +36,7 @@ pub mod client_conn;
 pub mod firewall;
 pub mod health_check;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

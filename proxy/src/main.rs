@@ -100,7 +100,6 @@ fn config_failure(e: ConfigError) -> Failure {
 fn execute(command: Command) -> Result<(), Failure> {
     match command {
         Command::Run { config, upgrade } => {
-            init_logging();
             let (config, source) = match config {
                 Some(path) => (
                     Config::load(&path).map_err(config_failure)?,
@@ -111,6 +110,7 @@ fn execute(command: Command) -> Result<(), Failure> {
                     ConfigSource::Embedded,
                 ),
             };
+            nakama_edge::logging::init(&config.log);
             run(RunOptions {
                 config,
                 source,
@@ -142,17 +142,6 @@ fn execute(command: Command) -> Result<(), Failure> {
             Ok(())
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NAKAMA_EDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// A minimal HTTP/1.1 exchange with the admin API: (status, body).

@@ -8,8 +8,8 @@ use std::sync::OnceLock;
 
 use nakama_edge_certs::info::CertInfo;
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::pool::Pool;
@@ -73,6 +73,88 @@ pub struct Metrics {
     reload_failure: IntCounter,
     acme_attempts: IntCounterVec,
     certificate_expiry: GaugeVec,
+    upstream_connect_failures: IntCounterVec,
+    upstream_retries: IntCounterVec,
+    health_checks: IntCounterVec,
+    health_check_duration: HistogramVec,
+    in_flight: IntGauge,
+    open_connections: IntGaugeVec,
+    tls_failures: IntCounterVec,
+    websocket_duration: Histogram,
+    bytes_received: IntCounterVec,
+    bytes_sent: IntCounterVec,
+}
+
+/// Why a TLS handshake failed: a bounded set, read from the error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// Not finished within `timeouts.tls_handshake`.
+    Timeout,
+    /// Not TLS, or malformed.
+    BadMessage,
+    /// No protocol version or cipher suite in common.
+    Incompatible,
+    /// The client sent an alert (it did not like our certificate, say).
+    Alert,
+    /// Anything else.
+    Other,
+}
+
+impl TlsFailure {
+    const ALL: [TlsFailure; 5] = [
+        TlsFailure::Timeout,
+        TlsFailure::BadMessage,
+        TlsFailure::Incompatible,
+        TlsFailure::Alert,
+        TlsFailure::Other,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            TlsFailure::Timeout => "timeout",
+            TlsFailure::BadMessage => "bad_message",
+            TlsFailure::Incompatible => "incompatible",
+            TlsFailure::Alert => "alert",
+            TlsFailure::Other => "other",
+        }
+    }
+
+    /// The reason in a handshake error's text (pingora keeps only the text of rustls' error).
+    pub fn of(error_text: &str) -> TlsFailure {
+        if error_text.contains("corrupt message")
+            || error_text.contains("InvalidMessage")
+            || error_text.contains("InvalidContentType")
+        {
+            TlsFailure::BadMessage
+        } else if error_text.contains("incompatible")
+            || error_text.contains("Incompatible")
+            || error_text.contains("NoCipherSuitesInCommon")
+        {
+            TlsFailure::Incompatible
+        } else if error_text.contains("alert") || error_text.contains("Alert") {
+            TlsFailure::Alert
+        } else {
+            TlsFailure::Other
+        }
+    }
+}
+
+/// Counts one request in flight while it lives.
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Counts one open connection of a listener while it lives.
+pub struct OpenConnection(IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 fn metric_error(e: prometheus::Error) -> std::io::Error {
@@ -166,6 +248,125 @@ impl Metrics {
             &["domain"],
         )
         .map_err(metric_error)?;
+        let by = |name: &str, help: &str, label: &str| {
+            IntCounterVec::new(Opts::new(name, help), &[label])
+        };
+        let upstream_connect_failures = by(
+            "nakama_edge_upstream_connect_failures_total",
+            "Connections to a node that failed (refused, timed out), by node.",
+            "node",
+        )
+        .map_err(metric_error)?;
+        let upstream_retries = by(
+            "nakama_edge_upstream_retries_total",
+            "Requests retried on another node after this node failed them, by node.",
+            "node",
+        )
+        .map_err(metric_error)?;
+        let health_checks = IntCounterVec::new(
+            Opts::new(
+                "nakama_edge_health_checks_total",
+                "Active health checks, by node and result.",
+            ),
+            &["node", "result"],
+        )
+        .map_err(metric_error)?;
+        let health_check_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "nakama_edge_health_check_duration_seconds",
+                "Time a health check took, by node.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["node"],
+        )
+        .map_err(metric_error)?;
+        let in_flight = IntGauge::new(
+            "nakama_edge_http_requests_in_flight",
+            "Requests being answered now.",
+        )
+        .map_err(metric_error)?;
+        let open_connections = IntGaugeVec::new(
+            Opts::new(
+                "nakama_edge_open_connections",
+                "Open client connections, by listener.",
+            ),
+            &["listener"],
+        )
+        .map_err(metric_error)?;
+        let tls_failures = by(
+            "nakama_edge_tls_handshake_failures_total",
+            "Failed TLS handshakes, by reason (timeout, bad_message, incompatible, alert, other).",
+            "reason",
+        )
+        .map_err(metric_error)?;
+        let websocket_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "nakama_edge_websocket_session_duration_seconds",
+                "How long WebSocket sessions lasted.",
+            )
+            .buckets(vec![
+                1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0,
+            ]),
+        )
+        .map_err(metric_error)?;
+        let bytes_received = by(
+            "nakama_edge_received_bytes_total",
+            "Body bytes received from clients (WebSocket frames included), by route.",
+            "route",
+        )
+        .map_err(metric_error)?;
+        let bytes_sent = by(
+            "nakama_edge_sent_bytes_total",
+            "Body bytes sent to clients (WebSocket frames included), by route.",
+            "route",
+        )
+        .map_err(metric_error)?;
+        let start_time = Gauge::new(
+            "nakama_edge_start_time_seconds",
+            "When the process started, in Unix seconds.",
+        )
+        .map_err(metric_error)?;
+        start_time.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "nakama_edge_build_info",
+                "Always 1; the labels say which build runs.",
+            ),
+            &["version"],
+        )
+        .map_err(metric_error)?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for failure in TlsFailure::ALL {
+            tls_failures.with_label_values(&[failure.as_str()]);
+        }
+        for route in Route::ALL {
+            bytes_received.with_label_values(&[route.as_str()]);
+            bytes_sent.with_label_values(&[route.as_str()]);
+        }
+        for c in [
+            Box::new(upstream_connect_failures.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upstream_retries.clone()),
+            Box::new(health_checks.clone()),
+            Box::new(health_check_duration.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(open_connections.clone()),
+            Box::new(tls_failures.clone()),
+            Box::new(websocket_duration.clone()),
+            Box::new(bytes_received.clone()),
+            Box::new(bytes_sent.clone()),
+            Box::new(start_time),
+            Box::new(build_info),
+        ] {
+            registry.register(c).map_err(metric_error)?;
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(durations.clone()),
@@ -205,7 +406,75 @@ impl Metrics {
             rejected,
             acme_attempts,
             certificate_expiry,
+            upstream_connect_failures,
+            upstream_retries,
+            health_checks,
+            health_check_duration,
+            in_flight,
+            open_connections,
+            tls_failures,
+            websocket_duration,
+            bytes_received,
+            bytes_sent,
         })
+    }
+
+    /// A connection to `node` failed.
+    pub fn upstream_connect_failure(&self, node: &str) {
+        self.upstream_connect_failures
+            .with_label_values(&[node])
+            .inc();
+    }
+
+    /// A request `node` failed is retried elsewhere.
+    pub fn upstream_retry(&self, node: &str) {
+        self.upstream_retries.with_label_values(&[node]).inc();
+    }
+
+    /// One active health check of `node`.
+    pub fn health_check(&self, node: &str, ok: bool, seconds: f64) {
+        self.health_checks
+            .with_label_values(&[node, if ok { "success" } else { "failure" }])
+            .inc();
+        self.health_check_duration
+            .with_label_values(&[node])
+            .observe(seconds);
+    }
+
+    /// A request in flight until the guard drops.
+    pub fn request_started(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// An open connection of `listener` until the guard drops.
+    pub fn connection_opened(&self, listener: &str) -> OpenConnection {
+        let gauge = self.open_connections.with_label_values(&[listener]);
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+
+    /// A failed TLS handshake.
+    pub fn tls_failure(&self, reason: TlsFailure) {
+        self.tls_error.inc();
+        self.tls_failures
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// A WebSocket session ended after `seconds`.
+    pub fn websocket_closed(&self, seconds: f64) {
+        self.websocket_duration.observe(seconds);
+    }
+
+    /// Body bytes of one request or WebSocket session.
+    pub fn bytes(&self, route: Route, received: usize, sent: usize) {
+        self.bytes_received
+            .with_label_values(&[route.as_str()])
+            .inc_by(received as u64);
+        self.bytes_sent
+            .with_label_values(&[route.as_str()])
+            .inc_by(sent as u64);
     }
 
     /// Count one answered request.

@@ -31,6 +31,8 @@ use pingora_proxy::{ProxyHttp, Session};
 use crate::client_conn::ClientConn;
 use crate::firewall::canonical;
 use crate::limits::{client_key, is_auth_path, retry_after_secs, Limited};
+use crate::logging;
+use crate::metrics::InFlight;
 use crate::pool::{Counted, Tried};
 use crate::route::{classify, Listener, Route, ACME_CHALLENGE_PREFIX};
 use crate::state::{Shared, Snapshot};
@@ -74,6 +76,7 @@ pub struct Ctx {
     answered_at: Option<Instant>,
     /// Request body bytes seen so far.
     body_bytes: u64,
+    _counted: InFlight,
 }
 
 impl Ctx {
@@ -110,6 +113,7 @@ impl ProxyHttp for Edge {
             websocket: None,
             answered_at: None,
             body_bytes: 0,
+            _counted: self.shared.metrics.request_started(),
         }
     }
 
@@ -166,6 +170,10 @@ impl ProxyHttp for Edge {
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let snapshot = ctx.snapshot.clone();
         let pool = &snapshot.pool;
+        if ctx.node.is_some() {
+            // A retry: the previous node failed this request.
+            self.shared.metrics.upstream_retry(ctx.node_name());
+        }
         let picked = match ctx.route {
             Route::WebSocket => {
                 let req = session.req_header();
@@ -293,6 +301,13 @@ impl ProxyHttp for Edge {
         self.close_if_drain_expired(ctx).map(|()| None)
     }
 
+    /// What pingora's own error lines say about a request: method and path, never the query
+    /// (session tokens and `http_key` travel there) or a header.
+    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+        let req = session.req_header();
+        format!("{} {}", req.method, req.uri.path())
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -301,6 +316,9 @@ impl ProxyHttp for Edge {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(node) = ctx.node.and_then(|i| ctx.snapshot.pool.nodes.get(i)) {
+            self.shared
+                .metrics
+                .upstream_connect_failure(&node.config.name);
             if node.runtime.mark_refused() {
                 tracing::warn!(node = %node.config.name, error = %e, "node refused a connection: out of rotation until it passes health checks");
             }
@@ -336,9 +354,36 @@ impl ProxyHttp for Edge {
             _ => Instant::now(),
         };
         let seconds = end.duration_since(ctx.started).as_secs_f64();
-        self.shared
-            .metrics
-            .request(code, ctx.route, ctx.node_name(), seconds);
+        let metrics = &self.shared.metrics;
+        metrics.request(code, ctx.route, ctx.node_name(), seconds);
+        let (received, sent) = (session.body_bytes_read(), session.body_bytes_sent());
+        metrics.bytes(ctx.route, received, sent);
+        if ctx.websocket.is_some() {
+            if let Some(upgraded) = ctx.answered_at {
+                metrics.websocket_closed(upgraded.elapsed().as_secs_f64());
+            }
+        }
+        if ctx.snapshot.config.log.access_log {
+            let req = session.req_header();
+            let tls = session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .map_or("none", |d| d.version.as_ref());
+            let alpn = if session.is_http2() { "h2" } else { "http/1.1" };
+            logging::access(
+                client_ip(session),
+                req.method.as_str(),
+                req.uri.path(),
+                code,
+                ctx.route.as_str(),
+                ctx.node_name(),
+                ctx.started.elapsed().as_secs_f64() * 1000.0,
+                received,
+                sent,
+                tls,
+                alpn,
+            );
+        }
         ctx.websocket = None;
         ctx.in_flight = None;
         if let Some(conn) = session.as_downstream().stream().and_then(ClientConn::of) {

@@ -213,6 +213,7 @@ impl Shared {
             }
             CertificateSource::SelfSigned | CertificateSource::Acme(_) => {}
         }
+        crate::logging::apply(&config.log);
         self.current.store(Arc::new(Snapshot::build(
             config,
             &self.registry,

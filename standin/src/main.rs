@@ -342,6 +342,11 @@ fn rpc<B>(node: &Node, req: &Request<B>, id: &str) -> Response<Body> {
                 serde_json::json!({"id": "whoami", "payload": whoami(node, req, uid)}),
             )
         }
+        // A runtime error in the function, as Nakama answers it.
+        "crash" => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Error calling RPC function",
+        ),
         _ => error(StatusCode::NOT_FOUND, "RPC function not found"),
     }
 }

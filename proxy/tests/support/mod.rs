@@ -80,22 +80,21 @@ pub fn edge_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_nakama-edge"))
 }
 
-/// The stand-in node's binary, built if this test run did not build it.
+/// The stand-in node's binary, built (or found up to date) once per test process:
+/// `cargo test -p nakama-edge` does not build another package's binary by itself.
 pub fn standin_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let bin = edge_bin().with_file_name("nakama-standin");
-        if !bin.exists() {
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "-p", "nakama-standin"]);
-            if bin.to_string_lossy().contains("/release/") {
-                cmd.arg("--release");
-            }
-            assert!(
-                cmd.status().unwrap().success(),
-                "building nakama-standin failed"
-            );
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "-p", "nakama-standin"]);
+        if bin.to_string_lossy().contains("/release/") {
+            cmd.arg("--release");
         }
+        assert!(
+            cmd.status().unwrap().success(),
+            "building nakama-standin failed"
+        );
         bin
     })
     .clone()
@@ -357,10 +356,6 @@ impl Edge {
         edge.child = Command::new(edge_bin())
             .args(["run", "-c"])
             .arg(&edge.config_path)
-            .env(
-                "NAKAMA_EDGE_LOG",
-                "info,pingora_core=warn,pingora_proxy=warn",
-            )
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -405,6 +400,11 @@ impl Edge {
         let console = self
             .console
             .map_or(String::new(), |c| format!("console = \"{c}\"\n"));
+        let log = if sections.contains("[log]") {
+            ""
+        } else {
+            "[log]\nlevel = \"info,pingora_core=warn,pingora_proxy=warn\"\n"
+        };
         let limits = if sections.contains("[rate_limit]") {
             ""
         } else {
@@ -412,7 +412,7 @@ impl Edge {
         };
         format!(
             "[server]\nthreads = 1\ngrace_period = \"1s\"\n\n[listeners]\nhttps = \"{}\"\nhttp = \"{}\"\nadmin = \"{}\"\n{console}\n\
-             {tls}\n{health}\n{limits}\n{sections}\n\n{nodes}",
+             {tls}\n{health}\n{limits}\n{log}\n{sections}\n\n{nodes}",
             self.https, self.http, self.admin,
         )
     }
