@@ -33,6 +33,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::limits::ConnectionSlot;
 use crate::metrics::OpenConnection;
+use crate::ws_close::{close_frame, Closer, Frames};
 
 /// What the connection is doing, as far as its deadlines are concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +71,21 @@ pub struct ClientConn {
     timer_at: Option<Instant>,
     _slot: Option<ConnectionSlot>,
     _open: Option<OpenConnection>,
+    /// Server-to-client frame boundaries, once upgraded.
+    frames: Frames,
+    closer: Arc<Closer>,
+    close: Close,
+}
+
+/// Progress of a requested close frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Close {
+    /// None requested, or waiting for a frame boundary.
+    Open,
+    /// Writing it: `done` bytes of `frame` are out.
+    Writing { frame: [u8; 4], done: usize },
+    /// Sent: the client side reads as ended and nothing more is written to it.
+    Sent,
 }
 
 impl ClientConn {
@@ -100,6 +116,9 @@ impl ClientConn {
             timer_at: None,
             _slot: slot,
             _open: open,
+            frames: Frames::default(),
+            closer: Arc::default(),
+            close: Close::Open,
         }
     }
 
@@ -135,13 +154,57 @@ impl ClientConn {
     }
 
     /// `Err` when the current deadline has passed; otherwise arms the timer for it.
-    fn check_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+    fn sync_phase(&mut self) -> Phase {
         let phase = self.phase();
         if phase != self.seen_phase {
             self.seen_phase = phase;
             // A new head is timed from its first byte; a new WebSocket from its upgrade.
             self.since = (phase == Phase::WebSocket).then(Instant::now);
+            if phase == Phase::WebSocket {
+                self.frames = Frames::default();
+            }
         }
+        phase
+    }
+
+    /// The handle that asks this connection's WebSocket to close.
+    pub fn closer(&self) -> &Arc<Closer> {
+        &self.closer
+    }
+
+    /// Drive a requested close frame: `Ready(true)` once it is out.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if self.seen_phase != Phase::WebSocket {
+            return Poll::Ready(Ok(false));
+        }
+        if self.close == Close::Open {
+            match self.closer.requested() {
+                Some(code) if self.frames.at_boundary() => {
+                    self.close = Close::Writing {
+                        frame: close_frame(code),
+                        done: 0,
+                    };
+                }
+                _ => return Poll::Ready(Ok(false)),
+            }
+        }
+        while let Close::Writing { frame, done } = self.close {
+            if done == frame.len() {
+                std::task::ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+                self.close = Close::Sent;
+                break;
+            }
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &frame[done..]))?;
+            self.close = Close::Writing {
+                frame,
+                done: done + n,
+            };
+        }
+        Poll::Ready(Ok(true))
+    }
+
+    fn check_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let phase = self.sync_phase();
         let limit = Duration::from_millis(self.limit_ms.load(Ordering::Relaxed));
         let deadline = match (phase, self.since) {
             (Phase::Proxying, _) | (_, None) => return Ok(()),
@@ -173,6 +236,13 @@ impl AsyncRead for ClientConn {
         if let Err(e) = self.check_deadline(cx) {
             return Poll::Ready(Err(e));
         }
+        if self.seen_phase == Phase::WebSocket {
+            self.closer.register(cx.waker());
+            // Once the close frame is out, the client's side has ended.
+            if std::task::ready!(self.poll_close(cx))? {
+                return Poll::Ready(Ok(()));
+            }
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {
@@ -196,23 +266,26 @@ impl AsyncWrite for ClientConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        if self.sync_phase() != Phase::WebSocket {
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        }
+        // After the close frame nothing more goes to the client.
+        if std::task::ready!(self.poll_close(cx))? {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        self.frames.advance(&buf[..n]);
+        if self.closer.requested().is_some() && self.frames.at_boundary() {
+            // Wake the reader: it writes the close frame and ends the client's side.
+            self.closer.wake();
+        }
+        Poll::Ready(Ok(n))
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 

@@ -46,3 +46,4 @@ pub mod route;
 pub mod server;
 pub mod state;
 pub mod token;
+pub mod ws_close;

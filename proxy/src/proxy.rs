@@ -37,6 +37,7 @@ use crate::pool::{Counted, Tried};
 use crate::route::{classify, Listener, Route, ACME_CHALLENGE_PREFIX};
 use crate::state::{Shared, Snapshot};
 use crate::token;
+use crate::ws_close::GOING_AWAY;
 
 /// Headers that carry a client address to Nakama or to something behind it. Players must
 /// not be able to set them: the edge writes X-Forwarded-For itself.
@@ -254,6 +255,7 @@ impl ProxyHttp for Edge {
             }
             if let Some(conn) = session.as_downstream().stream().and_then(ClientConn::of) {
                 conn.enter_websocket(self.shared.snapshot().config.timeouts.websocket_idle);
+                self.shared.websockets.add(conn.closer());
             }
         }
         Ok(())
@@ -261,7 +263,7 @@ impl ProxyHttp for Edge {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Ctx,
@@ -273,7 +275,7 @@ impl ProxyHttp for Edge {
                 return Err(status_error(413, "request body over 256 KiB"));
             }
         }
-        self.close_if_drain_expired(ctx)
+        self.close_if_drain_expired(session, ctx)
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
@@ -293,12 +295,12 @@ impl ProxyHttp for Edge {
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        self.close_if_drain_expired(ctx).map(|()| None)
+        self.close_if_drain_expired(session, ctx).map(|()| None)
     }
 
     /// What pingora's own error lines say about a request: method and path, never the query
@@ -396,7 +398,7 @@ impl Edge {
     /// WebSockets on a draining node are closed once `routing.drain_timeout` has passed. The
     /// check runs on every frame in either direction; Nakama pings every 15 s, so an expired
     /// socket is closed within seconds of its deadline.
-    fn close_if_drain_expired(&self, ctx: &Ctx) -> Result<()> {
+    fn close_if_drain_expired(&self, session: &Session, ctx: &Ctx) -> Result<()> {
         let Some(_) = ctx.websocket else {
             return Ok(());
         };
@@ -405,10 +407,17 @@ impl Edge {
         };
         let drain_timeout = self.shared.snapshot().config.routing.drain_timeout;
         if node.runtime.drain_expired(drain_timeout) {
-            return Err(Error::explain(
-                ErrorType::ConnectionClosed,
-                "node drained: drain_timeout passed",
-            ));
+            // A close frame ("going away"), so the client reconnects at once, to a node that
+            // is not draining.
+            match session.as_downstream().stream().and_then(ClientConn::of) {
+                Some(conn) => conn.closer().request(GOING_AWAY),
+                None => {
+                    return Err(Error::explain(
+                        ErrorType::ConnectionClosed,
+                        "node drained: drain_timeout passed",
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -37,6 +37,7 @@ use crate::proxy::Edge;
 use crate::reload::Reloader;
 use crate::route::Listener;
 use crate::state::{ConfigSource, Shared};
+use crate::ws_close::GracefulClose;
 
 /// How to start.
 pub struct RunOptions {
@@ -187,6 +188,10 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         PurgeTask::new(shared.clone()),
     ));
     server.add_service(background_service(
+        "websocket close",
+        GracefulClose::new(shared.clone()),
+    ));
+    server.add_service(background_service(
         "health checks",
         HealthChecker::new(shared.clone()),
     ));
@@ -240,6 +245,31 @@ impl BackgroundService for Readiness {
         }
         self.shared.listeners_bound.store(true, Ordering::Relaxed);
         tracing::info!("listeners bound");
+        notify_systemd("READY=1");
+    }
+}
+
+/// Tell systemd (`Type=notify`) how the service is doing, when it runs us under a
+/// `NOTIFY_SOCKET` (a path, or an abstract name starting with `@`).
+fn notify_systemd(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let target = target.as_bytes().to_vec();
+    let sent = UnixDatagram::unbound().and_then(|socket| {
+        let addr = match target.strip_prefix(b"@") {
+            Some(name) => UnixAddr::from_abstract_name(name)?,
+            None => {
+                UnixAddr::from_pathname(std::path::Path::new(std::ffi::OsStr::from_bytes(&target)))?
+            }
+        };
+        socket.send_to_addr(state.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
     }
 }
 

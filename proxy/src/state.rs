@@ -100,6 +100,8 @@ pub struct Shared {
     pub certificate_ready: AtomicBool,
     /// Notified after each successful reload.
     pub reloaded: Notify,
+    /// Every open WebSocket, to close with a close frame on shutdown.
+    pub websockets: crate::ws_close::OpenWebSockets,
 }
 
 impl Shared {
@@ -125,6 +127,7 @@ impl Shared {
             listeners_bound: AtomicBool::new(false),
             certificate_ready: AtomicBool::new(certificate_ready),
             reloaded: Notify::new(),
+            websockets: Default::default(),
         })
     }
 
@@ -193,6 +196,7 @@ impl Shared {
             tracing::warn!(
                 "[server] settings changed: they take effect at the next restart or upgrade"
             );
+            config.server = old.config.server.clone();
         }
         let acme_involved = [&config, &old.config]
             .iter()

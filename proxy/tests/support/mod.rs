@@ -332,6 +332,17 @@ impl Edge {
     /// Start an edge on `ports`, keeping its files in `dir` (which a restarted edge may
     /// share). With an `[acme]` section there is no `[tls]` section.
     pub fn start_at(ports: Ports, dir: TempDir, nodes: &str, sections: &str) -> Edge {
+        Edge::start_with_env(ports, dir, nodes, sections, &[])
+    }
+
+    /// [`Edge::start_at`] with extra environment variables for the process.
+    pub fn start_with_env(
+        ports: Ports,
+        dir: TempDir,
+        nodes: &str,
+        sections: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Edge {
         let certs = TestCerts::new();
         let cert_path = dir.path().join("fullchain.pem");
         let key_path = dir.path().join("privkey.pem");
@@ -356,6 +367,7 @@ impl Edge {
         edge.child = Command::new(edge_bin())
             .args(["run", "-c"])
             .arg(&edge.config_path)
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
