@@ -87,6 +87,8 @@ pub struct Server {
     pub threads: usize,
     /// How long in-flight work may take to finish on shutdown or upgrade.
     pub grace_period: Duration,
+    /// The Unix socket through which `run --upgrade` takes the listening sockets over.
+    pub upgrade_socket: PathBuf,
 }
 
 /// `[listeners]`. Changing an address takes a restart (or `--upgrade`); `http_redirect`

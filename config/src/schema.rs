@@ -27,6 +27,7 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawServer {
     pub threads: S<i64>,
     pub grace_period: S<String>,
+    pub upgrade_socket: S<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -149,6 +149,10 @@ impl Checker<'_> {
                 Duration::from_secs(30),
                 false,
             ),
+            upgrade_socket: raw.server.upgrade_socket.as_ref().map_or_else(
+                || PathBuf::from("/tmp/nakama-edge-upgrade.sock"),
+                |p| PathBuf::from(p.get_ref()),
+            ),
         };
 
         let l = &raw.listeners;

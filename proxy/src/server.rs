@@ -141,6 +141,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         threads: config.server.threads,
         grace_period_seconds: Some(grace),
         graceful_shutdown_timeout_seconds: Some(grace.max(1)),
+        upgrade_sock: config.server.upgrade_socket.to_string_lossy().into_owned(),
         ..Default::default()
     };
     let opt = Opt {

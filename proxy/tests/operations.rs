@@ -78,3 +78,88 @@ async fn readiness_is_reported_to_systemd_once_the_listeners_are_bound() {
     assert!(std::net::TcpStream::connect(edge.https).is_ok());
     assert!(std::net::TcpStream::connect(edge.admin).is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_under_load_refuses_no_connection_and_closes_old_websockets_with_frames() {
+    let a = StandIn::start_with(
+        "a",
+        "127.0.0.1:0".parse().unwrap(),
+        &["--ping-interval", "3600"],
+    );
+    let mut edge = Edge::start(&a.toml(), "");
+    edge.wait_healthy(&["a"]).await;
+    let edge_client = edge.client(None);
+    let mut sockets = Vec::new();
+    for i in 0..3 {
+        let s = edge
+            .authenticate(&edge_client, &format!("upgrade-{i}"))
+            .await;
+        let mut ws = edge.websocket(&s.token, ip("127.0.0.1")).await.unwrap();
+        assert_eq!(ws.node().await, "a");
+        sockets.push(ws);
+    }
+
+    // Load: every request on a new connection, so any refused connection would show.
+    let url = edge.url("/v2/rpc/whoami?http_key=defaulthttpkey");
+    let ca = reqwest::Certificate::from_pem(edge.certs.ca_pem.as_bytes()).unwrap();
+    let fresh = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .tls_built_in_root_certs(false)
+        .resolve("localhost", edge.https)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, fresh) = (stop.clone(), fresh.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            // Bounded: at most 20,000 requests.
+            for _ in 0..20_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                match fresh.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(r.status().to_string()),
+                    Err(e) => failed.push(format!("{e:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+
+    let mut old = edge.upgrade();
+    let started = Instant::now();
+    // The old process's WebSockets end with close frames, then it exits 0.
+    for ws in sockets.iter_mut() {
+        let how = ws.closed().await;
+        assert!(how.contains("Away"), "close frame, not a reset: {how}");
+    }
+    let status = tokio::task::spawn_blocking(move || old.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "the old process exits cleanly");
+    // The new process serves on the same sockets, admin API included.
+    eventually("the new process answers", || async {
+        edge.nodes().await.len() == 1
+    })
+    .await;
+    let after = Instant::now();
+    while after.elapsed() < Duration::from_millis(500) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} failed during the upgrade, first: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok > 20, "only {ok} requests in {:?}", started.elapsed());
+    let s = edge.authenticate(&edge_client, "after-upgrade").await;
+    let mut ws = edge.websocket(&s.token, ip("127.0.0.1")).await.unwrap();
+    assert_eq!(ws.node().await, "a");
+}

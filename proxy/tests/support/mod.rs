@@ -375,6 +375,40 @@ impl Edge {
         edge
     }
 
+    /// The socket an upgrading process takes the listeners over through.
+    pub fn upgrade_socket(&self) -> PathBuf {
+        self.dir.path().join("upgrade.sock")
+    }
+
+    /// A zero-downtime upgrade: start a new process with `--upgrade` on the same config, let
+    /// the running one hand its listening sockets over (SIGQUIT), and return the old process,
+    /// which finishes its work and exits.
+    pub fn upgrade(&mut self) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let new = Command::new(edge_bin())
+            .args(["run", "--upgrade", "-c"])
+            .arg(&self.config_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        // The new process listens on the upgrade socket, then waits for the sockets.
+        let deadline = Instant::now() + DEADLINE;
+        while !self.upgrade_socket().exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the new process never opened the upgrade socket"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let old = std::mem::replace(&mut self.child, new);
+        signal(&old, libc::SIGQUIT);
+        old
+    }
+
     /// This edge's ports, to start another on.
     pub fn ports(&self) -> Ports {
         Ports {
@@ -423,9 +457,10 @@ impl Edge {
             TEST_RATE_LIMIT
         };
         format!(
-            "[server]\nthreads = 1\ngrace_period = \"1s\"\n\n[listeners]\nhttps = \"{}\"\nhttp = \"{}\"\nadmin = \"{}\"\n{console}\n\
+            "[server]\nthreads = 1\ngrace_period = \"1s\"\nupgrade_socket = \"{upgrade}\"\n\n[listeners]\nhttps = \"{}\"\nhttp = \"{}\"\nadmin = \"{}\"\n{console}\n\
              {tls}\n{health}\n{limits}\n{log}\n{sections}\n\n{nodes}",
             self.https, self.http, self.admin,
+            upgrade = self.upgrade_socket().display(),
         )
     }
 
