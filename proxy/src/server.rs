@@ -246,7 +246,8 @@ impl BackgroundService for Readiness {
         }
         self.shared.listeners_bound.store(true, Ordering::Relaxed);
         tracing::info!("listeners bound");
-        notify_systemd("READY=1");
+        // After an upgrade this process replaces the old main process (NotifyAccess=all).
+        notify_systemd(&format!("MAINPID={}\nREADY=1", std::process::id()));
     }
 }
 

@@ -74,6 +74,7 @@ async fn readiness_is_reported_to_systemd_once_the_listeners_are_bound() {
     .unwrap()
     .unwrap();
     assert!(n.contains("READY=1"), "{n}");
+    assert!(n.contains(&format!("MAINPID={}", edge.pid())), "{n}");
     // By then every listener accepts connections.
     assert!(std::net::TcpStream::connect(edge.https).is_ok());
     assert!(std::net::TcpStream::connect(edge.admin).is_ok());
@@ -162,4 +163,125 @@ async fn an_upgrade_under_load_refuses_no_connection_and_closes_old_websockets_w
     let s = edge.authenticate(&edge_client, "after-upgrade").await;
     let mut ws = edge.websocket(&s.token, ip("127.0.0.1")).await.unwrap();
     assert_eq!(ws.node().await, "a");
+}
+
+fn repo_file(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_rates_ok() {
+    // verify checks that the programs exist: point the unit at this build.
+    let dir = TempDir::new("unit");
+    let unit = std::fs::read_to_string(repo_file("systemd/nakama-edge.service"))
+        .unwrap()
+        .replace("/usr/bin/nakama-edge", edge_bin().to_str().unwrap())
+        .replace(
+            "/usr/lib/nakama-edge/reload",
+            repo_file("systemd/nakama-edge-reload").to_str().unwrap(),
+        );
+    let path = dir.path().join("nakama-edge.service");
+    std::fs::write(&path, unit).unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    let said = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify:\n{said}"
+    );
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&security.stdout);
+    let exposure: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for nakama-edge.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no rating:\n{text}"));
+    assert!(exposure <= 2.0, "exposure {exposure}:\n{text}");
+}
+
+use std::process::Command;
+
+/// Kills a process the test did not start as its child (one the helper script started).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.0 as i32, libc::SIGKILL);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reload_helper_reloads_the_config_or_upgrades_a_replaced_binary() {
+    let (_nodes, edge) = cluster(&["a"]).await;
+    let helper = repo_file("systemd/nakama-edge-reload");
+    let out_path = edge.dir().join("helper.out");
+    // The helper's output goes to a file: the process it starts in the background would keep
+    // a pipe open after the helper exits.
+    let run_helper = |binary: &std::path::Path| {
+        let out = std::fs::File::create(&out_path).unwrap();
+        Command::new(&helper)
+            .arg(&edge.config_path)
+            .arg(edge.pid().to_string())
+            .env("NAKAMA_EDGE_BINARY", binary)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .status()
+            .unwrap()
+    };
+    // Same binary: a config reload.
+    assert!(tokio::task::block_in_place(|| run_helper(&edge_bin())).success());
+    eventually("reloaded", || async {
+        edge.metric("nakama_edge_config_reloads_total{result=\"success\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    // A replaced binary (a copy at another path): a zero-downtime upgrade.
+    let dir = TempDir::new("new-binary");
+    let new_binary = dir.path().join("nakama-edge");
+    std::fs::copy(edge_bin(), &new_binary).unwrap();
+    let old_pid = edge.pid();
+    assert!(tokio::task::block_in_place(|| run_helper(&new_binary)).success());
+    let said = std::fs::read_to_string(&out_path).unwrap();
+    let new_pid: u32 = said
+        .split("pid ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the helper did not upgrade: {said}"));
+    let _new = KillOnDrop(new_pid);
+    assert_ne!(new_pid, old_pid);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{new_pid}/exe")).unwrap(),
+        new_binary,
+        "the new binary runs"
+    );
+    eventually("the old process hands over and exits", || async {
+        std::fs::read_to_string(format!("/proc/{old_pid}/stat"))
+            .map_or(true, |s| s.contains(") Z "))
+    })
+    .await;
+    let client = edge.client(None);
+    assert_eq!(
+        whoami_http(&edge, &client).await.unwrap()["node"],
+        "a",
+        "the new process serves"
+    );
 }
