@@ -285,3 +285,148 @@ async fn the_reload_helper_reloads_the_config_or_upgrades_a_replaced_binary() {
         "the new process serves"
     );
 }
+
+/// The restart command the rolling reboot calls for a stand-in: SIGTERM (Nakama's shutdown),
+/// wait for it to go, start it again on the same port, wait until it answers.
+const RESTART_NODE: &str = r#"#!/bin/sh
+set -eu
+node="$1"; dir="$(dirname "$0")"
+pid=$(cat "$dir/$node.pid")
+kill -TERM "$pid" 2>/dev/null || true
+while [ -e "/proc/$pid" ] && ! grep -q ') Z ' "/proc/$pid/stat" 2>/dev/null; do sleep 0.05; done
+$(cat "$dir/$node.cmd") >/dev/null 2>&1 </dev/null &
+echo $! > "$dir/$node.pid"
+until curl -fsS "http://$(cat "$dir/$node.addr")/healthcheck" >/dev/null 2>&1; do sleep 0.05; done
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_reboot_of_three_nodes_under_load_fails_no_request_and_every_player_is_back() {
+    let dir = TempDir::new("rolling");
+    let mut nodes = Vec::new();
+    let mut toml = String::new();
+    for name in ["a", "b", "c"] {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let node = StandIn::start_with(name, addr, &["--ping-interval", "1"]);
+        let cmd = format!(
+            "{} --name {name} --listen {addr} --grpc 127.0.0.1:0 --ping-interval 1",
+            standin_bin().display()
+        );
+        std::fs::write(dir.path().join(format!("{name}.cmd")), cmd).unwrap();
+        std::fs::write(dir.path().join(format!("{name}.addr")), addr.to_string()).unwrap();
+        std::fs::write(
+            dir.path().join(format!("{name}.pid")),
+            node.pid().to_string(),
+        )
+        .unwrap();
+        toml.push_str(&node.toml());
+        nodes.push(node);
+    }
+    let restart = dir.path().join("restart-node.sh");
+    std::fs::write(&restart, RESTART_NODE).unwrap();
+    let edge = std::sync::Arc::new(Edge::start(&toml, "[routing]\ndrain_timeout = \"1s\"\n"));
+    edge.wait_healthy(&["a", "b", "c"]).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (edge, stop) = (edge.clone(), stop.clone());
+        tokio::spawn(async move {
+            let client = edge.client(None);
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            for _ in 0..50_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                match whoami_http(&edge, &client).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let mut players = Vec::new();
+    for i in 0..6 {
+        let (edge, stop) = (edge.clone(), stop.clone());
+        players.push(tokio::spawn(async move {
+            let session = edge
+                .authenticate(&edge.client(None), &format!("rolling-player-{i}"))
+                .await;
+            let mut reconnects = 0;
+            loop {
+                let mut ws = edge
+                    .websocket(&session.token, ip("127.0.0.1"))
+                    .await
+                    .unwrap();
+                let node = ws.node().await;
+                // Play until the socket is closed (drain, reboot) or the test is over.
+                loop {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return (ws, node, reconnects);
+                    }
+                    if ws.closed_within(Duration::from_millis(200)).await.is_some() {
+                        break;
+                    }
+                }
+                reconnects += 1;
+                assert!(reconnects < 20, "player {i} reconnected {reconnects} times");
+            }
+        }));
+    }
+
+    let admin = edge.admin.to_string();
+    let script = repo_file("systemd/rolling-reboot.sh");
+    let edge_binary = edge_bin();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("sh")
+            .arg(script)
+            .args(["a", "b", "c"])
+            .env("RESTART", format!("sh {} %s", restart.display()))
+            .env("ADMIN", admin)
+            .env("WAIT", "60s")
+            .env("NAKAMA_EDGE", edge_binary)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    // The stand-ins the script started are not this test's children.
+    let _restarted: Vec<KillOnDrop> = ["a", "b", "c"]
+        .iter()
+        .filter_map(|n| std::fs::read_to_string(dir.path().join(format!("{n}.pid"))).ok())
+        .filter_map(|p| p.trim().parse().ok())
+        .map(KillOnDrop)
+        .collect();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("all nodes rebooted"), "{said}");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let states = edge.nodes().await;
+    for player in players {
+        let (mut ws, _, reconnects) = player.await.unwrap();
+        let node = ws
+            .whoami()
+            .await
+            .expect("every player ends on a live socket")["node"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let state = states.iter().find(|n| n["name"] == node.as_str()).unwrap();
+        assert_eq!(state["state"], "healthy", "player on {node}");
+        // Every node was drained once, so every player was moved at least once.
+        assert!(reconnects >= 1, "a player was never moved off its node");
+    }
+}

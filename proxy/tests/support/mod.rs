@@ -164,6 +164,10 @@ impl StandIn {
         )
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -719,6 +723,20 @@ impl Ws {
             .as_str()
             .unwrap()
             .to_string()
+    }
+
+    /// How the socket was closed, if it was within `limit`.
+    pub async fn closed_within(&mut self, limit: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.inner.next()).await {
+                Err(_) => return None,
+                Ok(None) => return Some("eof".to_string()),
+                Ok(Some(Err(e))) => return Some(format!("error: {e}")),
+                Ok(Some(Ok(Message::Close(frame)))) => return Some(format!("close: {frame:?}")),
+                Ok(Some(Ok(_))) => {}
+            }
+        }
     }
 
     /// Wait for the socket to be closed by the other side; how it ended.
