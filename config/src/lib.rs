@@ -221,6 +221,8 @@ pub struct Firewall {
     pub console_allow: Vec<IpNet>,
     /// Peers whose PROXY protocol header is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Peers that may use the admin API (default: loopback only).
+    pub admin_allow: Vec<IpNet>,
 }
 
 /// `[rate_limit]`

@@ -103,6 +103,7 @@ pub(crate) struct RawFirewall {
     pub deny: Vec<Spanned<String>>,
     pub console_allow: Vec<Spanned<String>>,
     pub trusted_proxies: Vec<Spanned<String>>,
+    pub admin_allow: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -260,6 +260,17 @@ impl Checker<'_> {
             deny: self.cidrs(&f.deny, "firewall.deny"),
             console_allow: self.cidrs(&f.console_allow, "firewall.console_allow"),
             trusted_proxies: self.cidrs(&f.trusted_proxies, "firewall.trusted_proxies"),
+            admin_allow: match &f.admin_allow {
+                Some(list) => self.cidrs(list, "firewall.admin_allow"),
+                None => vec![
+                    IpNet::V4(
+                        ipnet::Ipv4Net::new(std::net::Ipv4Addr::LOCALHOST, 8).unwrap_or_default(),
+                    ),
+                    IpNet::V6(
+                        ipnet::Ipv6Net::new(std::net::Ipv6Addr::LOCALHOST, 128).unwrap_or_default(),
+                    ),
+                ],
+            },
         };
 
         let rl = &raw.rate_limit;

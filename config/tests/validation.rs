@@ -231,3 +231,17 @@ fn a_node_on_nakamas_metrics_port_is_refused() {
     assert_eq!((p.line, p.column), (3, 11));
     assert!(p.message.contains("metrics port"), "{}", p.message);
 }
+
+#[test]
+fn the_admin_api_is_for_loopback_unless_configured() {
+    let c = Config::parse("", "t").unwrap();
+    let allowed: Vec<String> = c
+        .firewall
+        .admin_allow
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(allowed, ["127.0.0.0/8", "::1/128"]);
+    let c = Config::parse("[firewall]\nadmin_allow = [\"10.0.0.0/8\"]\n", "t").unwrap();
+    assert_eq!(c.firewall.admin_allow.len(), 1);
+}

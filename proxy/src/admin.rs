@@ -19,6 +19,38 @@ use serde::Serialize;
 use crate::pool::{Health, Node, NodeState};
 use crate::state::Shared;
 
+/// Who may use the admin API (`firewall.admin_allow`, loopback by default), decided right after
+/// `accept()`; others are closed and counted as `reason="firewall"`.
+pub struct AdminFilter {
+    shared: Arc<Shared>,
+}
+
+impl AdminFilter {
+    /// The filter of the admin listener.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        AdminFilter { shared }
+    }
+}
+
+impl std::fmt::Debug for AdminFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminFilter").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl pingora_core::listeners::ConnectionFilter for AdminFilter {
+    async fn should_accept(&self, addr: Option<&std::net::SocketAddr>) -> bool {
+        let allowed = addr.is_none_or(|a| self.shared.snapshot().firewall.allows_admin(a.ip()));
+        if !allowed {
+            self.shared
+                .metrics
+                .rejected(crate::metrics::RejectReason::Firewall);
+        }
+        allowed
+    }
+}
+
 /// The admin API.
 pub struct AdminApi {
     shared: Arc<Shared>,

@@ -13,6 +13,7 @@ pub struct Firewall {
     deny: Vec<IpNet>,
     console_allow: Vec<IpNet>,
     trusted_proxies: Vec<IpNet>,
+    admin_allow: Vec<IpNet>,
 }
 
 fn contains(list: &[IpNet], ip: IpAddr) -> bool {
@@ -27,6 +28,7 @@ impl Firewall {
             deny: config.deny.clone(),
             console_allow: config.console_allow.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
+            admin_allow: config.admin_allow.clone(),
         }
     }
 
@@ -40,6 +42,11 @@ impl Firewall {
     pub fn allows_console(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         !contains(&self.deny, ip) && contains(&self.console_allow, ip)
+    }
+
+    /// Whether `ip` may use the admin API.
+    pub fn allows_admin(&self, ip: IpAddr) -> bool {
+        contains(&self.admin_allow, canonical(ip))
     }
 
     /// Whether `ip` is a load balancer whose PROXY header is believed.
@@ -75,6 +82,7 @@ mod tests {
             deny: nets(&["127.0.0.2/32"]),
             console_allow: nets(&["127.0.0.0/8"]),
             trusted_proxies: nets(&["127.0.0.9/32"]),
+            admin_allow: nets(&["127.0.0.1/32"]),
         };
         assert!(f.allows(ip("127.0.0.1")));
         assert!(!f.allows(ip("127.0.0.2")));
@@ -98,6 +106,7 @@ mod tests {
             deny: vec![],
             console_allow: vec![],
             trusted_proxies: vec![],
+            admin_allow: vec![],
         });
         assert!(f.allows(ip("127.0.0.1")));
         assert!(!f.allows_console(ip("127.0.0.1")));

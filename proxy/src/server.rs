@@ -30,7 +30,7 @@ use pingora_proxy::http_proxy;
 
 use crate::accept::{Entry, PeerFilter};
 use crate::acme::{AcmeTask, Served};
-use crate::admin::AdminApi;
+use crate::admin::{AdminApi, AdminFilter};
 use crate::health_check::HealthChecker;
 use crate::limits::PurgeTask;
 use crate::proxy::Edge;
@@ -180,6 +180,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     if let Some(addr) = listeners.admin {
         let mut service = Service::new("admin".to_string(), AdminApi::new(shared.clone()));
+        service.set_connection_filter(Arc::new(AdminFilter::new(shared.clone())));
         service.threads = Some(1);
         service.add_tcp(&addr.to_string());
         server.add_service(service);

@@ -200,3 +200,29 @@ async fn the_http_listener_proxies_when_redirect_is_off() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_admin_api_answers_only_admin_allow() {
+    let a = StandIn::start("a");
+    // Loopback is allowed by default; here only 127.0.0.1 is.
+    let edge = Edge::start(&a.toml(), "[firewall]\nadmin_allow = [\"127.0.0.1/32\"]\n");
+    edge.wait_healthy(&["a"]).await;
+    let from = |source: &str| {
+        reqwest::Client::builder()
+            .local_address(ip(source))
+            .build()
+            .unwrap()
+            .get(format!("http://{}/healthz", edge.admin))
+            .send()
+    };
+    assert_eq!(from("127.0.0.1").await.unwrap().status(), 200);
+    assert!(
+        from("127.0.0.2").await.is_err(),
+        "a peer outside admin_allow got an answer"
+    );
+    assert_eq!(
+        edge.metric("nakama_edge_connections_rejected_total{reason=\"firewall\"}")
+            .await,
+        1.0
+    );
+}
