@@ -264,7 +264,9 @@ impl Checker<'_> {
                 Some(list) => self.cidrs(list, "firewall.admin_allow"),
                 None => vec![
                     IpNet::V4(
-                        ipnet::Ipv4Net::new(std::net::Ipv4Addr::LOCALHOST, 8).unwrap_or_default(),
+                        ipnet::Ipv4Net::new(std::net::Ipv4Addr::LOCALHOST, 8)
+                            .unwrap_or_default()
+                            .trunc(),
                     ),
                     IpNet::V6(
                         ipnet::Ipv6Net::new(std::net::Ipv6Addr::LOCALHOST, 128).unwrap_or_default(),
