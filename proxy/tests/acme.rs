@@ -224,25 +224,58 @@ async fn before_the_first_certificate_a_placeholder_serves_and_readiness_says_wh
         .contains("nakama_edge_certificate_expiry_timestamp_seconds{"));
 }
 
-#[tokio::test]
-async fn renewal_replaces_the_served_certificate_while_a_websocket_stays_open() {
+/// Pebble (certificates living `validity`, or its default), an edge in front of a stand-in
+/// ordering through `challenge`, and the first certificate served.
+struct Issued {
+    node: StandIn,
+    pebble: Pebble,
+    state: TempDir,
+    edge: Edge,
+    ports: Ports,
+    root: String,
+    leaf: Vec<u8>,
+}
+
+async fn issued(challenge: &str, validity: Option<Duration>) -> Issued {
     let node = StandIn::start("a");
     let ports = Ports::free();
-    let pebble = Pebble::start(ports, Some(Duration::from_secs(12)), &[]);
+    let pebble = Pebble::start(ports, validity, &[]);
     pebble.wait_up().await;
     let state = TempDir::new("acme-state");
     let edge = Edge::start_at(
         ports,
         TempDir::new("edge"),
         &node.toml(),
-        &acme_section(&pebble, "http-01", state.path()),
+        &acme_section(&pebble, challenge, state.path()),
     );
     let root = pebble.issuing_root().await;
-    eventually("first certificate", || async {
+    eventually("the first certificate", || async {
         served_leaf(&edge, PLAY, &root).await.is_ok()
     })
     .await;
-    let first = served_leaf(&edge, PLAY, &root).await.unwrap().0;
+    let leaf = served_leaf(&edge, PLAY, &root).await.unwrap().0;
+    Issued {
+        node,
+        pebble,
+        state,
+        edge,
+        ports,
+        root,
+        leaf,
+    }
+}
+
+#[tokio::test]
+async fn renewal_replaces_the_served_certificate_while_a_websocket_stays_open() {
+    let Issued {
+        edge,
+        root,
+        leaf: first,
+        node: _node,
+        pebble: _pebble,
+        state: _state,
+        ..
+    } = issued("http-01", Some(Duration::from_secs(12))).await;
 
     // A player's socket, opened over the first certificate.
     let tcp = tokio::net::TcpStream::connect(edge.https).await.unwrap();
@@ -314,23 +347,15 @@ async fn ws_whoami(
 
 #[tokio::test]
 async fn a_ca_outage_during_renewal_keeps_the_old_certificate_until_the_retry_succeeds() {
-    let node = StandIn::start("a");
-    let ports = Ports::free();
-    let mut pebble = Pebble::start(ports, Some(Duration::from_secs(15)), &[]);
-    pebble.wait_up().await;
-    let state = TempDir::new("acme-state");
-    let edge = Edge::start_at(
-        ports,
-        TempDir::new("edge"),
-        &node.toml(),
-        &acme_section(&pebble, "tls-alpn-01", state.path()),
-    );
-    let old_root = pebble.issuing_root().await;
-    eventually("first certificate", || async {
-        served_leaf(&edge, PLAY, &old_root).await.is_ok()
-    })
-    .await;
-    let first = served_leaf(&edge, PLAY, &old_root).await.unwrap().0;
+    let Issued {
+        edge,
+        root: old_root,
+        leaf: first,
+        mut pebble,
+        node: _node,
+        state: _state,
+        ..
+    } = issued("tls-alpn-01", Some(Duration::from_secs(15))).await;
 
     pebble.stop();
     eventually("renewal attempts failing", || async {
@@ -356,19 +381,16 @@ async fn a_ca_outage_during_renewal_keeps_the_old_certificate_until_the_retry_su
 
 #[tokio::test]
 async fn a_restart_reuses_the_stored_account_and_certificate_without_a_new_order() {
-    let node = StandIn::start("a");
-    let ports = Ports::free();
-    let pebble = Pebble::start(ports, None, &[]);
-    pebble.wait_up().await;
-    let state = TempDir::new("acme-state");
+    let Issued {
+        edge,
+        root,
+        leaf,
+        node,
+        pebble,
+        state,
+        ports,
+    } = issued("http-01", None).await;
     let section = acme_section(&pebble, "http-01", state.path());
-    let edge = Edge::start_at(ports, TempDir::new("edge"), &node.toml(), &section);
-    let root = pebble.issuing_root().await;
-    eventually("first certificate", || async {
-        served_leaf(&edge, PLAY, &root).await.is_ok()
-    })
-    .await;
-    let leaf = served_leaf(&edge, PLAY, &root).await.unwrap().0;
     let account = std::fs::read_to_string(state.path().join("account.json")).unwrap();
     let orders_before = pebble.log().matches("POST /order-plz").count();
     assert!(orders_before >= 1, "Pebble logs the first order");

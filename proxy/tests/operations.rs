@@ -6,24 +6,30 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_closes_websockets_with_close_frames_spread_over_the_grace_and_exits_0() {
+/// A quiet stand-in (no pings), an edge in front of it, and `n` players' open WebSockets.
+async fn edge_with_websockets(n: usize, tag: &str) -> (StandIn, Edge, Vec<Ws>) {
     let a = StandIn::start_with(
         "a",
         "127.0.0.1:0".parse().unwrap(),
         &["--ping-interval", "3600"],
     );
-    // The harness's grace period: 1 s.
-    let mut edge = Edge::start(&a.toml(), "");
+    let edge = Edge::start(&a.toml(), "");
     edge.wait_healthy(&["a"]).await;
     let client = edge.client(None);
     let mut sockets = Vec::new();
-    for i in 0..6 {
-        let s = edge.authenticate(&client, &format!("shutdown-{i}")).await;
+    for i in 0..n {
+        let s = edge.authenticate(&client, &format!("{tag}-{i}")).await;
         let mut ws = edge.websocket(&s.token, ip("127.0.0.1")).await.unwrap();
         assert_eq!(ws.node().await, "a");
         sockets.push(ws);
     }
+    (a, edge, sockets)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_closes_websockets_with_close_frames_spread_over_the_grace_and_exits_0() {
+    // The harness's grace period: 1 s.
+    let (_a, mut edge, mut sockets) = edge_with_websockets(6, "shutdown").await;
     edge.signal(libc::SIGTERM);
     let sent = Instant::now();
     let mut closed_at = Vec::new();
@@ -82,24 +88,8 @@ async fn readiness_is_reported_to_systemd_once_the_listeners_are_bound() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upgrade_under_load_refuses_no_connection_and_closes_old_websockets_with_frames() {
-    let a = StandIn::start_with(
-        "a",
-        "127.0.0.1:0".parse().unwrap(),
-        &["--ping-interval", "3600"],
-    );
-    let mut edge = Edge::start(&a.toml(), "");
-    edge.wait_healthy(&["a"]).await;
+    let (_a, mut edge, mut sockets) = edge_with_websockets(3, "upgrade").await;
     let edge_client = edge.client(None);
-    let mut sockets = Vec::new();
-    for i in 0..3 {
-        let s = edge
-            .authenticate(&edge_client, &format!("upgrade-{i}"))
-            .await;
-        let mut ws = edge.websocket(&s.token, ip("127.0.0.1")).await.unwrap();
-        assert_eq!(ws.node().await, "a");
-        sockets.push(ws);
-    }
-
     // Load: every request on a new connection, so any refused connection would show.
     let url = edge.url("/v2/rpc/whoami?http_key=defaulthttpkey");
     let ca = reqwest::Certificate::from_pem(edge.certs.ca_pem.as_bytes()).unwrap();
