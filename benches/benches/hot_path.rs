@@ -1,0 +1,125 @@
+//! The work the edge does per request or per connection, measured alone:
+//! picking a node (round-robin and consistent hash), reading the user id from a session
+//! token, a firewall lookup among 10,000 CIDRs, a rate-limit check, rendering /metrics.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use base64::Engine;
+use criterion::{criterion_group, criterion_main, Criterion};
+use nakama_edge::firewall::Firewall;
+use nakama_edge::limits::{client_key, Limits, OpenConnections};
+use nakama_edge::metrics::Metrics;
+use nakama_edge::pool::{Pool, Registry, Tried};
+use nakama_edge::route::Route;
+use nakama_edge::token;
+use nakama_edge_config::Config;
+
+fn config(nodes: usize, extra: &str) -> Config {
+    let mut text = String::from(extra);
+    for i in 0..nodes {
+        text.push_str(&format!(
+            "[[nodes]]\nname = \"nakama-{i}\"\naddress = \"127.0.0.{}:7350\"\ngrpc = \"127.0.0.{}:7349\"\n",
+            i + 1,
+            i + 1
+        ));
+    }
+    Config::parse(&text, "bench").expect("bench config")
+}
+
+fn healthy_pool(nodes: usize) -> Pool {
+    let pool = Pool::build(&config(nodes, ""), &Registry::default());
+    for n in &pool.nodes {
+        n.runtime.record_check(true, 1, 1);
+    }
+    pool
+}
+
+fn session_token(uid: &str) -> String {
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let claims = format!(
+        r#"{{"tid":"6f1d2c4e-8a2b-4c1d-9e3f-0a1b2c3d4e5f","uid":"{uid}","usn":"player123","vrs":{{}},"exp":1900000000,"iat":1800000000}}"#
+    );
+    format!(
+        "{}.{}.{}",
+        e.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+        e.encode(claims),
+        e.encode([7u8; 32])
+    )
+}
+
+fn pick(c: &mut Criterion) {
+    let pool = healthy_pool(10);
+    c.bench_function("pick node: weighted round-robin of 10", |b| {
+        b.iter(|| black_box(pool.pick_round_robin(Tried::default())))
+    });
+    let uid = b"0b0e7d9a-1b7b-4b6e-9d1e-1f6d2a3b4c5d";
+    c.bench_function("pick node: consistent hash of 10", |b| {
+        b.iter(|| black_box(pool.pick_sticky(black_box(uid), Tried::default())))
+    });
+}
+
+fn tokens(c: &mut Criterion) {
+    let t = session_token("0b0e7d9a-1b7b-4b6e-9d1e-1f6d2a3b4c5d");
+    let query = format!("lang=en&status=true&token={t}");
+    c.bench_function("user id from a session token (query string)", |b| {
+        b.iter(|| {
+            black_box(token::session_token(Some(black_box(&query)), None).and_then(token::user_id))
+        })
+    });
+}
+
+fn firewall(c: &mut Criterion) {
+    // 10,000 distinct /24s in deny, allow everything.
+    let deny: Vec<String> = (0..10_000u32)
+        .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+        .collect();
+    let config = config(1, &format!("[firewall]\ndeny = [{}]\n", deny.join(", ")));
+    let fw = Firewall::new(&config.firewall);
+    let allowed = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    let denied = IpAddr::V4(Ipv4Addr::new(10, 39, 15, 7));
+    c.bench_function("firewall: 10,000 CIDRs, allowed peer", |b| {
+        b.iter(|| black_box(fw.allows(black_box(allowed))))
+    });
+    c.bench_function("firewall: 10,000 CIDRs, denied peer", |b| {
+        b.iter(|| black_box(fw.allows(black_box(denied))))
+    });
+}
+
+fn rate_limit(c: &mut Criterion) {
+    let config = config(
+        1,
+        "[rate_limit]\nrequests_per_second = 1000000\nburst = 1000000\n",
+    );
+    let limits = Limits::new(&config.rate_limit, Arc::new(OpenConnections::default()));
+    let key = client_key(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)));
+    c.bench_function("rate limit: one request of a known client", |b| {
+        b.iter(|| black_box(limits.check_request(black_box(key), false)))
+    });
+}
+
+fn metrics(c: &mut Criterion) {
+    let pool = healthy_pool(10);
+    let metrics = Metrics::new().expect("metrics");
+    for code in [200, 401, 404, 429, 500, 503] {
+        for route in Route::ALL {
+            for n in &pool.nodes {
+                metrics.request(code, route, &n.config.name, 0.003);
+            }
+        }
+    }
+    c.bench_function("count one request", |b| {
+        b.iter(|| metrics.request(black_box(200), Route::Api, black_box("nakama-3"), 0.002))
+    });
+    c.bench_function("render /metrics (10 nodes, 360 request series)", |b| {
+        b.iter(|| black_box(metrics.render(&pool, None)))
+    });
+}
+
+criterion_group! {
+    name = hot_path;
+    config = Criterion::default().warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
+    targets = pick, tokens, firewall, rate_limit, metrics
+}
+criterion_main!(hot_path);
