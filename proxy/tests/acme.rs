@@ -96,23 +96,14 @@ async fn readyz(edge: &Edge) -> (u16, String) {
 
 /// Issue through `challenge` and check what players and operators see.
 async fn issuance_through(challenge: &str) {
-    let node = StandIn::start("a");
-    let ports = Ports::free();
-    let pebble = Pebble::start(ports, None, &[]);
-    pebble.wait_up().await;
-    let state = TempDir::new("acme-state");
-    let edge = Edge::start_at(
-        ports,
-        TempDir::new("edge"),
-        &node.toml(),
-        &acme_section(&pebble, challenge, state.path()),
-    );
-    let root = pebble.issuing_root().await;
-
-    eventually("a certificate from the CA", || async {
-        served_leaf(&edge, PLAY, &root).await.is_ok()
-    })
-    .await;
+    let Issued {
+        edge,
+        root,
+        state,
+        node: _node,
+        pebble: _pebble,
+        ..
+    } = issued(challenge, None).await;
     let (leaf, alpn) = served_leaf(&edge, API, &root).await.unwrap();
     assert_eq!(
         alpn.as_deref(),
