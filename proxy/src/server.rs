@@ -22,6 +22,7 @@ use nakama_edge_certs::{install_crypto_provider, CertifiedKey};
 use nakama_edge_config::{AcmeChallenge, CertificateSource, Config};
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::tls::Acceptor;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
@@ -175,7 +176,8 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         if listener != Listener::Https {
             service.threads = Some(1);
         }
-        service.add_tcp(&addr.to_string());
+        service
+            .add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(PLAYER_SOCKET_BUFFERS));
         server.add_service(service);
     }
     if let Some(addr) = listeners.admin {
@@ -220,6 +222,18 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     tracing::info!(https = ?listeners.https, http = ?listeners.http, admin = ?listeners.admin, "nakama-edge starting");
     server.run_forever()
 }
+
+/// User-space buffers under the TLS and HTTP layers of a player connection: none for reads,
+/// one segment for writes.
+///
+/// Pingora's default is a 64 KiB read buffer per connection, allocated zeroed for the whole
+/// life of the connection: most of an idle WebSocket's memory. Without it, rustls reads
+/// straight from the socket into its own record buffer and HTTP/1 reads straight into the
+/// header buffer, so a request costs the same number of reads; an idle connection holds none.
+const PLAYER_SOCKET_BUFFERS: L4BufferSettings = L4BufferSettings {
+    read: Some(0),
+    write: None,
+};
 
 /// HTTP server options of the player listeners: HTTP/2 connections idle for
 /// `timeouts.http_idle` are closed (HTTP/1.1 idling is the keep-alive timeout, set per request).
