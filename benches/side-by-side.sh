@@ -1,0 +1,335 @@
+#!/usr/bin/env bash
+# The side-by-side harness: nakama-edge, HAProxy and nginx in turn in front of the same two
+# stand-in Nakama nodes, and a direct connection to a node (the limit), measured in one run.
+#
+#   benches/side-by-side.sh            # everything (about 6 minutes here)
+#   DURATION=5 WS_COUNTS=500,1000 benches/side-by-side.sh      # a quick look
+#   PROXIES="nakama-edge direct" benches/side-by-side.sh          # some of them
+#
+# Each proxy runs one worker pinned to CPU 0 (`taskset -c 0`); the load generators and the
+# nodes share CPU 1. For every proxy it reports:
+#   - HTTP/1.1 keep-alive requests: wrk, $CONNS connections, $DURATION seconds, over plain TCP
+#     and over TLS: requests per second, p50 and p99 latency, and the proxy's CPU time per
+#     request (from /proc/PID/stat, so the figure does not depend on the load core keeping up);
+#   - full TLS handshakes (ECDSA P-256 certificate, X25519, no resumption, `edge-load
+#     handshakes`): per second, and the proxy's CPU time per handshake;
+#   - memory per idle proxied WebSocket over TLS (`edge-load hold-ws`): the growth of the
+#     proxy's resident memory divided by the sockets, at each total in $WS_COUNTS.
+# The table goes to stdout and to target/side-by-side.md.
+#
+# Needs: haproxy, nginx, wrk, openssl, taskset, curl (installed with apt-get when missing), and
+# the Rust toolchain. Loopback only; every process it starts is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-32}
+# The hard limit on open files here is 20,000; the proxy holds two per proxied WebSocket.
+WS_COUNTS=${WS_COUNTS:-2000,9800}
+# Which to measure, in this order.
+PROXIES=${PROXIES:-"nakama-edge haproxy nginx direct"}
+PROXY_CPU=0
+LOAD_CPU=1
+
+need=()
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v nginx >/dev/null 2>&1 || need+=(nginx)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# Debian starts the packaged services; this harness runs its own copies.
+for unit in haproxy nginx; do
+  systemctl stop "$unit" >/dev/null 2>&1 || true
+done
+
+cargo build --release -q -p nakama-edge -p nakama-standin -p nakama-edge-benches --bins
+BIN=$PWD/target/release
+ulimit -n "$(ulimit -Hn)"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+cat "$work/cert.pem" "$work/key.pem" >"$work/haproxy.pem"
+
+# start NAME CPU COMMAND...: run in the background, pinned; the pid is in $started.
+start() {
+  local name=$1 cpu=$2
+  shift 2
+  taskset -c "$cpu" "$@" >"$work/$name.log" 2>&1 &
+  started=$!
+  pids+=("$started")
+}
+stop() {
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+wait_ok() {
+  for _ in $(seq 100); do
+    curl -skf -o /dev/null "$1" && return 0
+    sleep 0.2
+  done
+  echo "no answer from $1" >&2
+  return 1
+}
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+HZ=$(getconf CLK_TCK)
+
+results="$work/results.tsv"
+: >"$results"
+row() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$results"; }
+
+# keepalive NAME PID URL LABEL
+keepalive() {
+  local name=$1 pid=$2 url=$3 label=$4 t0 t1 out reqs
+  t0=$(ticks "$pid")
+  out=$(taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url")
+  t1=$(ticks "$pid")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  row "$name" "$label req/s" "$(awk '/^Requests\/sec/ {printf "%d", $2}' <<<"$out")"
+  row "$name" "$label p50" "$(awk '$1 == "50%" {print $2}' <<<"$out")"
+  row "$name" "$label p99" "$(awk '$1 == "99%" {print $2}' <<<"$out")"
+  row "$name" "$label CPU/request" "$(awk -v d=$((t1 - t0)) -v n="$reqs" -v hz="$HZ" \
+    'BEGIN {printf "%.1f µs", d * 1e6 / hz / n}')"
+  errors=$(awk '/Non-2xx|Socket errors/' <<<"$out")
+  [ -z "$errors" ] || echo "$name $label: $errors" >&2
+}
+
+# handshakes NAME PID ADDR
+handshakes() {
+  local name=$1 pid=$2 addr=$3 t0 t1 out
+  t0=$(ticks "$pid")
+  out=$(taskset -c $LOAD_CPU "$BIN/edge-load" handshakes --addr "$addr" \
+    --seconds "$DURATION" --concurrency "$CONNS")
+  t1=$(ticks "$pid")
+  read -r _ count _ secs _ failed <<<"$out"
+  row "$name" "TLS handshakes/s" "$(awk -v c="$count" -v s="$secs" 'BEGIN {printf "%d", c / s}')"
+  row "$name" "CPU/handshake" "$(awk -v d=$((t1 - t0)) -v n="$count" -v hz="$HZ" \
+    'BEGIN {printf "%.0f µs", d * 1e6 / hz / n}')"
+  [ "$failed" = 0 ] || echo "$name: $failed handshakes failed" >&2
+}
+
+# wsmem NAME PID URL: memory per idle WebSocket at each total in WS_COUNTS.
+wsmem() {
+  local name=$1 pid=$2 url=$3 before after line open failed
+  before=$(rss_kib "$pid")
+  coproc HOLD { taskset -c $LOAD_CPU "$BIN/edge-load" hold-ws --url "$url" \
+    --count "$WS_COUNTS" --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4; }
+  local hold_pid=$HOLD_PID
+  IFS=, read -r -a totals <<<"$WS_COUNTS"
+  for total in "${totals[@]}"; do
+    read -r line <&"${HOLD[0]}"
+    read -r _ open _ failed <<<"$line"
+    # Let the sockets settle: every upgrade answered, nothing in flight.
+    sleep 2
+    after=$(rss_kib "$pid")
+    row "$name" "memory/idle WSS at $total" "$(awk -v a="$after" -v b="$before" -v n="$open" \
+      'BEGIN {printf "%.1f KiB", (a - b) / n}')"
+    [ "$failed" = 0 ] || echo "$name: $failed of $total WebSockets failed to open" >&2
+    echo >&"${HOLD[1]}"
+  done
+  exec {HOLD[1]}>&-
+  wait "$hold_pid" 2>/dev/null || true
+}
+
+# The nodes: two for the proxies, on the load core; one alone on the proxy core for the
+# direct figures. No Nakama-style pings while idle (--ping-interval), so idle means idle.
+start node-a $LOAD_CPU "$BIN/nakama-standin" --name a --listen 127.0.0.1:17350 --ping-interval 3600
+start node-b $LOAD_CPU "$BIN/nakama-standin" --name b --listen 127.0.0.1:17360 --ping-interval 3600
+wait_ok http://127.0.0.1:17350/healthcheck
+wait_ok http://127.0.0.1:17360/healthcheck
+
+wanted() { [[ " $PROXIES " == *" $1 "* ]]; }
+
+# --- nakama-edge ------------------------------------------------------------------------
+if wanted nakama-edge; then
+cat >"$work/edge.toml" <<EOF
+[server]
+threads = 1
+grace_period = "1s"
+[listeners]
+https = "127.0.0.1:18443"
+http = "127.0.0.1:18080"
+admin = "127.0.0.1:19180"
+http_redirect = false
+[tls]
+cert = "$work/cert.pem"
+key = "$work/key.pem"
+[[nodes]]
+name = "a"
+address = "127.0.0.1:17350"
+[[nodes]]
+name = "b"
+address = "127.0.0.1:17360"
+[rate_limit]
+requests_per_second = 10000000
+burst = 10000000
+connections_per_ip = 10000000
+new_connections_per_second = 10000000
+[timeouts]
+websocket_idle = "1h"
+[log]
+level = "error"
+access_log = false
+EOF
+start edge $PROXY_CPU "$BIN/nakama-edge" run -c "$work/edge.toml"
+edge=$started
+wait_ok https://127.0.0.1:18443/healthcheck
+keepalive nakama-edge "$edge" http://127.0.0.1:18080/healthcheck "TCP"
+keepalive nakama-edge "$edge" https://127.0.0.1:18443/healthcheck "TLS"
+handshakes nakama-edge "$edge" 127.0.0.1:18443
+wsmem nakama-edge "$edge" wss://127.0.0.1:18443/ws
+stop "$edge"
+fi
+
+# --- HAProxy ----------------------------------------------------------------------------
+if wanted haproxy; then
+cat >"$work/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 9950
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+  timeout tunnel 1h
+frontend players
+  bind 127.0.0.1:28080
+  bind 127.0.0.1:28443 ssl crt $work/haproxy.pem alpn http/1.1
+  option forwardfor
+  default_backend nodes
+backend nodes
+  balance roundrobin
+  server a 127.0.0.1:17350
+  server b 127.0.0.1:17360
+EOF
+start haproxy $PROXY_CPU haproxy -db -f "$work/haproxy.cfg"
+haproxy=$started
+wait_ok https://127.0.0.1:28443/healthcheck
+keepalive haproxy "$haproxy" http://127.0.0.1:28080/healthcheck "TCP"
+keepalive haproxy "$haproxy" https://127.0.0.1:28443/healthcheck "TLS"
+handshakes haproxy "$haproxy" 127.0.0.1:28443
+wsmem haproxy "$haproxy" wss://127.0.0.1:28443/ws
+stop "$haproxy"
+fi
+
+# --- nginx ------------------------------------------------------------------------------
+if wanted nginx; then
+mkdir -p "$work/nginx/logs"
+cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log stderr error;
+worker_rlimit_nofile 20000;
+events { worker_connections 19900; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  upstream nodes {
+    server 127.0.0.1:17350;
+    server 127.0.0.1:17360;
+    keepalive 64;
+  }
+  map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
+  server {
+    listen 127.0.0.1:38080;
+    listen 127.0.0.1:38443 ssl;
+    ssl_certificate $work/cert.pem;
+    ssl_certificate_key $work/key.pem;
+    location / {
+      proxy_pass http://nodes;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection \$connection_upgrade;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_read_timeout 1h;
+    }
+  }
+}
+EOF
+start nginx $PROXY_CPU nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e stderr
+nginx=$started
+wait_ok https://127.0.0.1:38443/healthcheck
+keepalive nginx "$nginx" http://127.0.0.1:38080/healthcheck "TCP"
+keepalive nginx "$nginx" https://127.0.0.1:38443/healthcheck "TLS"
+handshakes nginx "$nginx" 127.0.0.1:38443
+wsmem nginx "$nginx" wss://127.0.0.1:38443/ws
+stop "$nginx"
+fi
+
+# --- direct to a node (plain: Nakama nodes behind an edge do not terminate TLS) ----------
+if wanted direct; then
+start node-direct $PROXY_CPU "$BIN/nakama-standin" --name direct --listen 127.0.0.1:17370 \
+  --ping-interval 3600
+direct=$started
+wait_ok http://127.0.0.1:17370/healthcheck
+keepalive direct "$direct" http://127.0.0.1:17370/healthcheck "TCP"
+wsmem direct "$direct" ws://127.0.0.1:17370/ws
+stop "$direct"
+fi
+
+# --- the table --------------------------------------------------------------------------
+{
+  echo "Side-by-side, $(date -u +%Y-%m-%d), $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)),"
+  echo "proxy pinned to CPU $PROXY_CPU, wrk/edge-load and nodes on CPU $LOAD_CPU; ${DURATION}s per load, $CONNS connections."
+  echo "haproxy $(haproxy -v | awk 'NR==1 {print $3}'), $(nginx -v 2>&1 | awk '{print $3}'), $(wrk -v 2>&1 | awk 'NR==1 {print $1, $2}')"
+  echo
+  python3 - "$results" <<'PY'
+import sys, collections
+cols = ["nakama-edge", "haproxy", "nginx", "direct"]
+table = collections.OrderedDict()
+for line in open(sys.argv[1]):
+    name, metric, value = line.rstrip("\n").split("\t")
+    table.setdefault(metric, {})[name] = value
+def number(v):
+    try:
+        return float(v.split()[0].rstrip("msuµ")) * (1000 if v.endswith("ms") else 1) \
+            / (1000 if v.endswith("us") and not v.endswith("µs") else 1)
+    except (ValueError, IndexError):
+        return None
+
+# wrk prints latency as 812.00us, 1.20ms or 2.00s: compare in one unit.
+def latency(v):
+    for unit, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if v.endswith(unit):
+            return float(v[: -len(unit)]) * scale
+    return None
+
+def ratio(metric, edge, other):
+    a = latency(edge) if metric.endswith(("p50", "p99")) else number(edge)
+    b = latency(other) if metric.endswith(("p50", "p99")) else number(other)
+    if a is None or b is None or b == 0:
+        return "n/a"
+    return f"{a / b:.2f}"
+
+print("| figure | " + " | ".join(cols) + " | edge ÷ HAProxy | edge ÷ nginx |")
+print("| --- " * (len(cols) + 3) + "|")
+for metric, values in table.items():
+    cells = [values.get(c, "n/a") for c in cols]
+    edge = values.get("nakama-edge", "n/a")
+    cells += [ratio(metric, edge, values.get(o, "n/a")) for o in ("haproxy", "nginx")]
+    print(f"| {metric} | " + " | ".join(cells) + " |")
+PY
+} | tee target/side-by-side.md

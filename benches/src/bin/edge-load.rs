@@ -1,0 +1,298 @@
+//! `edge-load`: the load generator parts that wrk and h2load do not cover, for
+//! `benches/side-by-side.sh`.
+//!
+//! ```text
+//! edge-load handshakes --addr 127.0.0.1:8443 --seconds 10 --concurrency 32
+//!     full TLS handshakes (no resumption, X25519, any certificate accepted), then close;
+//!     prints `handshakes <count> seconds <elapsed> failed <count>`
+//! edge-load hold-ws --url wss://127.0.0.1:8443/ws --count 2000,9800 [--sources 127.0.0.1,127.0.0.2]
+//!     opens WebSockets with distinct Nakama users up to the first total, prints
+//!     `open <n> failed <m>`, and holds them (answering pings); each line on stdin opens more,
+//!     up to the next total; when stdin closes it closes them all and prints `closed`
+//! ```
+//!
+//! Bench tooling, not product code: it verifies nothing about the server's certificate.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Accepts any certificate and signature: the server's cost is what is measured.
+#[derive(Debug)]
+struct AcceptAnything(Vec<SignatureScheme>);
+
+impl ServerCertVerifier for AcceptAnything {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.clone()
+    }
+}
+
+fn client_config(alpn: &[&[u8]]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let schemes = provider
+        .signature_verification_algorithms
+        .supported_schemes();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnything(schemes)))
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+struct Args(Vec<String>);
+
+impl Args {
+    fn get(&self, flag: &str) -> Option<&str> {
+        let i = self.0.iter().position(|a| a == flag)?;
+        self.0.get(i + 1).map(String::as_str)
+    }
+    fn need(&self, flag: &str) -> anyhow::Result<&str> {
+        self.get(flag).with_context(|| format!("missing {flag}"))
+    }
+    fn number(&self, flag: &str, default: u64) -> anyhow::Result<u64> {
+        match self.get(flag) {
+            Some(v) => v.parse().with_context(|| format!("{flag} {v:?}")),
+            None => Ok(default),
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = argv.split_first() else {
+        bail!("usage: edge-load handshakes|hold-ws ... (see the source's header)");
+    };
+    let args = Args(rest.to_vec());
+    match command.as_str() {
+        "handshakes" => handshakes(&args).await,
+        "hold-ws" => hold_ws(&args).await,
+        other => bail!("unknown command {other}"),
+    }
+}
+
+async fn handshakes(args: &Args) -> anyhow::Result<()> {
+    let addr: SocketAddr = args.need("--addr")?.parse()?;
+    let seconds = args.number("--seconds", 10)?;
+    let concurrency = args.number("--concurrency", 32)?;
+    let connector = tokio_rustls::TlsConnector::from(client_config(&[b"http/1.1"])?);
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let end = start + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (connector, done, failed) = (connector.clone(), done.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let name = ServerName::try_from("localhost").unwrap_or_else(|_| unreachable!());
+            while Instant::now() < end {
+                let ok = async {
+                    let tcp = TcpStream::connect(addr).await?;
+                    #[allow(deprecated)] // an RST instead of TIME_WAIT: no port runs out
+                    tcp.set_linger(Some(Duration::ZERO))?;
+                    connector.connect(name.clone(), tcp).await
+                };
+                match tokio::time::timeout(Duration::from_secs(5), ok).await {
+                    Ok(Ok(_tls)) => done.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    println!(
+        "handshakes {} seconds {:.3} failed {}",
+        done.load(Ordering::Relaxed),
+        start.elapsed().as_secs_f64(),
+        failed.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+async fn hold_ws(args: &Args) -> anyhow::Result<()> {
+    let url = args.need("--url")?.to_string();
+    let stages: Vec<u64> = args
+        .get("--count")
+        .unwrap_or("1000")
+        .split(',')
+        .map(|c| c.parse().with_context(|| format!("--count {c:?}")))
+        .collect::<anyhow::Result<_>>()?;
+    let key = args
+        .get("--session-key")
+        .unwrap_or("defaultencryptionkey")
+        .to_string();
+    let sources: Vec<IpAddr> = args
+        .get("--sources")
+        .unwrap_or("127.0.0.1")
+        .split(',')
+        .map(|s| s.parse().with_context(|| format!("source {s:?}")))
+        .collect::<anyhow::Result<_>>()?;
+    let rest = url
+        .strip_prefix("wss://")
+        .map(|r| (true, r))
+        .or_else(|| url.strip_prefix("ws://").map(|r| (false, r)));
+    let Some((tls, rest)) = rest else {
+        bail!("--url must be ws:// or wss://");
+    };
+    let host = rest.split('/').next().unwrap_or(rest);
+    let connector = match tls {
+        true => Some(tokio_rustls::TlsConnector::from(client_config(&[
+            b"http/1.1",
+        ])?)),
+        false => None,
+    };
+    let target = Arc::new(Target {
+        url: url.clone(),
+        addr: host.parse().with_context(|| format!("address {host:?}"))?,
+        tls: connector,
+        key,
+        sources,
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let (mut open, mut failed, mut next) = (0u64, 0u64, 0u64);
+    for (i, total) in stages.iter().enumerate() {
+        // Open at most 64 at a time, as a crowd of players arrives, not all in one instant.
+        let gate = Arc::new(tokio::sync::Semaphore::new(64));
+        let mut opening = Vec::new();
+        while next < *total {
+            let (target, gate, stop) = (target.clone(), gate.clone(), stop_rx.clone());
+            let n = next;
+            opening.push(tokio::spawn(async move {
+                let permit = gate.acquire_owned().await.ok();
+                let ws = tokio::time::timeout(Duration::from_secs(30), target.open(n)).await;
+                drop(permit);
+                match ws {
+                    Ok(Ok(ws)) => {
+                        tokio::spawn(hold(ws, stop));
+                        true
+                    }
+                    _ => false,
+                }
+            }));
+            next += 1;
+        }
+        for t in opening {
+            if t.await.unwrap_or(false) {
+                open += 1;
+            } else {
+                failed += 1;
+            }
+        }
+        println!("open {open} failed {failed}");
+        // Hold until the harness says go on (a line), or stop (stdin closes).
+        let mut line = String::new();
+        let more = i + 1 < stages.len();
+        loop {
+            line.clear();
+            let n = tokio::io::AsyncBufReadExt::read_line(&mut stdin, &mut line).await?;
+            if n == 0 || more {
+                break;
+            }
+        }
+        if line.is_empty() {
+            break;
+        }
+    }
+    let _ = stop_tx.send(true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!("closed");
+    Ok(())
+}
+
+/// Where `hold-ws` connects, and how.
+struct Target {
+    url: String,
+    addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsConnector>,
+    key: String,
+    sources: Vec<IpAddr>,
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Stream>>;
+
+impl Target {
+    /// WebSocket number `n`: its own Nakama user, from one of the source addresses in turn.
+    async fn open(&self, n: u64) -> std::io::Result<Ws> {
+        let source = self.sources[n as usize % self.sources.len()];
+        let user = format!("bench-{}-{n}", std::process::id());
+        let token = nakama_standin::token::issue(&self.key, &user, &user, 24 * 3600);
+        let url = format!("{}?lang=en&status=true&token={token}", self.url);
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        let tcp = socket.connect(self.addr).await?;
+        #[allow(deprecated)] // an RST instead of TIME_WAIT: no port runs out
+        tcp.set_linger(Some(Duration::ZERO))?;
+        let stream: Box<dyn Stream> = match &self.tls {
+            Some(connector) => {
+                let name = ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+                Box::new(connector.connect(name, tcp).await?)
+            }
+            None => Box::new(tcp),
+        };
+        let (ws, _) = tokio_tungstenite::client_async(url, stream)
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok(ws)
+    }
+}
+
+/// Keep `ws` open, answering pings, until `stop` changes; then close it.
+async fn hold(mut ws: Ws, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            msg = ws.next() => match msg {
+                // tungstenite queues the pong; flushing sends it.
+                Some(Ok(Message::Ping(_))) => { let _ = ws.flush().await; }
+                Some(Ok(_)) => {}
+                _ => return,
+            },
+        }
+    }
+    let _ = ws.close(None).await;
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
