@@ -143,6 +143,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         grace_period_seconds: Some(grace),
         graceful_shutdown_timeout_seconds: Some(grace.max(1)),
         upgrade_sock: config.server.upgrade_socket.to_string_lossy().into_owned(),
+        work_stealing: false,
         ..Default::default()
     };
     let opt = Opt {
