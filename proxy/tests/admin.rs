@@ -156,18 +156,16 @@ async fn the_http_listener_redirects_and_reserves_the_acme_path() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404, "not redirected, not proxied");
-    assert_eq!(
-        edge.metric("nakama_edge_http_requests_total{code=\"404\",node=\"none\",route=\"acme\"}")
-            .await,
-        1.0
-    );
-    assert_eq!(
-        edge.metric(
-            "nakama_edge_http_requests_total{code=\"308\",node=\"none\",route=\"redirect\"}"
-        )
-        .await,
-        1.0
-    );
+    edge.assert_metric(
+        "nakama_edge_http_requests_total{code=\"404\",node=\"none\",route=\"acme\"}",
+        1.0,
+    )
+    .await;
+    edge.assert_metric(
+        "nakama_edge_http_requests_total{code=\"308\",node=\"none\",route=\"redirect\"}",
+        1.0,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -220,9 +218,9 @@ async fn the_admin_api_answers_only_admin_allow() {
         from("127.0.0.2").await.is_err(),
         "a peer outside admin_allow got an answer"
     );
-    assert_eq!(
-        edge.metric("nakama_edge_connections_rejected_total{reason=\"firewall\"}")
-            .await,
-        1.0
-    );
+    edge.assert_metric(
+        "nakama_edge_connections_rejected_total{reason=\"firewall\"}",
+        1.0,
+    )
+    .await;
 }

@@ -88,7 +88,8 @@ async fn a_node_failing_its_health_check_leaves_and_comes_back() {
         edge.node_state("a").await == "unhealthy"
     })
     .await;
-    assert_eq!(edge.metric("nakama_edge_node_up{node=\"a\"}").await, 0.0);
+    edge.assert_metric("nakama_edge_node_up{node=\"a\"}", 0.0)
+        .await;
     for _ in 0..10 {
         assert_eq!(whoami_http(&edge, &client).await.unwrap()["node"], "b");
     }
@@ -122,10 +123,8 @@ async fn a_drained_node_gets_no_new_work_while_its_websockets_stay() {
 
     assert_eq!(edge.admin_post("/nodes/a/drain").await, 200);
     assert_eq!(edge.node_state("a").await, "draining");
-    assert_eq!(
-        edge.metric("nakama_edge_node_draining{node=\"a\"}").await,
-        1.0
-    );
+    edge.assert_metric("nakama_edge_node_draining{node=\"a\"}", 1.0)
+        .await;
     for _ in 0..12 {
         assert_ne!(whoami_http(&edge, &client).await.unwrap()["node"], "a");
     }

@@ -155,25 +155,17 @@ async fn every_route_and_outcome_is_counted_exactly_and_promtool_accepts_the_exp
     );
     assert_eq!(requests(&edge, 308, "redirect", "none").await, 1.0);
     assert_eq!(requests(&edge, 404, "acme", "none").await, 1.0);
-    assert_eq!(
-        edge.metric("nakama_edge_connections_rejected_total{reason=\"firewall\"}")
-            .await,
-        1.0
-    );
-    assert_eq!(
-        edge.metric("nakama_edge_websocket_connections{node=\"a\"}")
-            .await,
-        0.0
-    );
-    assert_eq!(
-        edge.metric("nakama_edge_websocket_session_duration_seconds_count")
-            .await,
-        2.0
-    );
-    assert_eq!(
-        edge.metric("nakama_edge_http_requests_in_flight").await,
-        0.0
-    );
+    edge.assert_metric(
+        "nakama_edge_connections_rejected_total{reason=\"firewall\"}",
+        1.0,
+    )
+    .await;
+    edge.assert_metric("nakama_edge_websocket_connections{node=\"a\"}", 0.0)
+        .await;
+    edge.assert_metric("nakama_edge_websocket_session_duration_seconds_count", 2.0)
+        .await;
+    edge.assert_metric("nakama_edge_http_requests_in_flight", 0.0)
+        .await;
     assert!(
         edge.metric("nakama_edge_sent_bytes_total{route=\"api\"}")
             .await
@@ -184,11 +176,8 @@ async fn every_route_and_outcome_is_counted_exactly_and_promtool_accepts_the_exp
             .await
             >= 1.0
     );
-    assert_eq!(
-        edge.metric("nakama_edge_build_info{version=\"0.1.0\"}")
-            .await,
-        1.0
-    );
+    edge.assert_metric("nakama_edge_build_info{version=\"0.1.0\"}", 1.0)
+        .await;
     assert!(edge.metric("nakama_edge_start_time_seconds").await > 1.7e9);
 
     // 5xx from the edge: no node left.

@@ -540,6 +540,16 @@ impl Edge {
             .map_or(0.0, |v| v.trim().parse().unwrap())
     }
 
+    /// Wait until the series `series` is exactly `expected`. A request is counted as pingora
+    /// finishes it, just after its response has gone out, so a client can see the answer a
+    /// moment before the count.
+    pub async fn assert_metric(&self, series: &str, expected: f64) {
+        eventually(&format!("{series} to be {expected}"), || async {
+            self.metric(series).await == expected
+        })
+        .await;
+    }
+
     pub async fn admin_post(&self, path: &str) -> reqwest::StatusCode {
         reqwest::Client::new()
             .post(format!("http://{}{path}", self.admin))
