@@ -5,7 +5,7 @@
 //!   phase            deadline on reads                         set by
 //!   AwaitingHeader   request_header after the request began    accept; end of each request
 //!   Proxying         none (pingora's own read timeout)         early_request_filter
-//!   WebSocket        websocket_idle after the last client byte upstream_response_filter (101)
+//!   WebSocket        websocket_idle after the last client byte the node's 101 (proxy.rs)
 //! ```
 //!
 //! Pingora times out each *read*; a slowloris that sends one byte a second never trips that.

@@ -14,6 +14,7 @@
 //! | [`server`] | wiring: pingora server, listeners, background tasks |
 //! | [`accept`] | the one accept path: firewall, TLS, then HTTP |
 //! | [`proxy`] | the request path (pingora `ProxyHttp`) |
+//! | [`tunnel`] | WebSockets past their upgrade: the edge's own lean splice |
 //! | [`client_conn`] | a player's connection: header and WebSocket-idle deadlines, its slot |
 //! | [`proxy_protocol`] | PROXY protocol v1/v2 from trusted load balancers |
 //! | [`limits`] | per-client rate and connection limits |
@@ -46,4 +47,5 @@ pub mod route;
 pub mod server;
 pub mod state;
 pub mod token;
+pub mod tunnel;
 pub mod ws_close;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //!   request_filter ── classify ──► Acme/Redirect: answered here
+//!        │            WebSocket upgrade (HTTP/1.1): the edge's own path, see `tunnel`
 //!        │
 //!   upstream_peer ── WebSocket: hash ring on the user id (else client IP)
 //!        │           gRPC: round-robin over nodes with a gRPC address
@@ -23,20 +24,25 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
 use nakama_edge_config::StickyKey;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use crate::client_conn::ClientConn;
 use crate::firewall::canonical;
 use crate::limits::{client_key, is_auth_path, retry_after_secs, Limited};
 use crate::logging;
 use crate::metrics::InFlight;
-use crate::pool::{Counted, Tried};
+use crate::pool::{Counted, Node, Tried};
 use crate::route::{classify, Listener, Route, ACME_CHALLENGE_PREFIX};
 use crate::state::{Shared, Snapshot};
 use crate::token;
+use crate::tunnel;
 use crate::ws_close::GOING_AWAY;
 
 /// Headers that carry a client address to Nakama or to something behind it. Players must
@@ -77,6 +83,8 @@ pub struct Ctx {
     answered_at: Option<Instant>,
     /// Request body bytes seen so far.
     body_bytes: u64,
+    /// The status the edge's own WebSocket path answered with (pingora's session did not).
+    tunneled: Option<u16>,
     _counted: InFlight,
 }
 
@@ -114,6 +122,7 @@ impl ProxyHttp for Edge {
             websocket: None,
             answered_at: None,
             body_bytes: 0,
+            tunneled: None,
             _counted: self.shared.metrics.request_started(),
         }
     }
@@ -164,6 +173,9 @@ impl ProxyHttp for Edge {
                 }
                 Ok(true)
             }
+            Route::WebSocket if carries_no_body(session) => {
+                self.upgrade_websocket(session, ctx).await
+            }
             _ => Ok(false),
         }
     }
@@ -176,24 +188,7 @@ impl ProxyHttp for Edge {
             self.shared.metrics.upstream_retry(ctx.node_name());
         }
         let picked = match ctx.route {
-            Route::WebSocket => {
-                let req = session.req_header();
-                let user = match snapshot.config.routing.sticky_key {
-                    StickyKey::User => token::session_token(
-                        req.uri.query(),
-                        req.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
-                    )
-                    .and_then(token::user_id),
-                    StickyKey::ClientIp => None,
-                };
-                match user {
-                    Some(uid) => pool.pick_sticky(uid.as_bytes(), ctx.tried),
-                    None => {
-                        let mut buf = [0u8; 16];
-                        pool.pick_sticky(ip_key(client_ip(session), &mut buf), ctx.tried)
-                    }
-                }
-            }
+            Route::WebSocket => pick_sticky(session, &snapshot, ctx.tried),
             Route::Grpc => pool.pick_grpc(ctx.tried),
             Route::Console => pool.pick_console(ctx.tried),
             _ => pool.pick_round_robin(ctx.tried),
@@ -227,11 +222,7 @@ impl ProxyHttp for Edge {
         if let Some(ip) = client_ip(session) {
             upstream.insert_header("x-forwarded-for", ip.to_string())?;
         }
-        let proto = match self.listener {
-            Listener::Https | Listener::Console => "https",
-            Listener::Http => "http",
-        };
-        upstream.insert_header("x-forwarded-proto", proto)?;
+        upstream.insert_header("x-forwarded-proto", self.forwarded_proto())?;
         // HTTP/2 clients send :authority instead of Host; an HTTP/1.1 node needs Host.
         if upstream.headers.get(header::HOST).is_none() {
             if let Some(authority) = upstream.uri.authority().map(|a| a.as_str().to_owned()) {
@@ -318,12 +309,7 @@ impl ProxyHttp for Edge {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(node) = ctx.node.and_then(|i| ctx.snapshot.pool.nodes.get(i)) {
-            self.shared
-                .metrics
-                .upstream_connect_failure(&node.config.name);
-            if node.runtime.mark_refused() {
-                tracing::warn!(node = %node.config.name, error = %e, "node refused a connection: out of rotation until it passes health checks");
-            }
+            self.connect_failed(node, &e);
         }
         // Nothing reached the node, so any request may go to another one.
         e.set_retry(true);
@@ -349,7 +335,10 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        let code = session.response_written().map_or(0, |r| r.status.as_u16());
+        let code = ctx
+            .tunneled
+            .or_else(|| session.response_written().map(|r| r.status.as_u16()))
+            .unwrap_or(0);
         // A WebSocket's duration is the time to its upgrade, not its lifetime.
         let end = match (ctx.route, ctx.answered_at) {
             (Route::WebSocket, Some(at)) => at,
@@ -420,6 +409,209 @@ impl Edge {
             }
         }
         Ok(())
+    }
+}
+
+/// How long a node has to answer a WebSocket upgrade once connected.
+const UPGRADE_ANSWER: Duration = Duration::from_secs(10);
+
+/// The node for a WebSocket: the hash ring on the session's user id, else on the client IP.
+fn pick_sticky(session: &Session, snapshot: &Snapshot, tried: Tried) -> Option<usize> {
+    let req = session.req_header();
+    let user = match snapshot.config.routing.sticky_key {
+        StickyKey::User => token::session_token(
+            req.uri.query(),
+            req.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+        )
+        .and_then(token::user_id),
+        StickyKey::ClientIp => None,
+    };
+    match user {
+        Some(uid) => snapshot.pool.pick_sticky(uid.as_bytes(), tried),
+        None => {
+            let mut buf = [0u8; 16];
+            snapshot
+                .pool
+                .pick_sticky(ip_key(client_ip(session), &mut buf), tried)
+        }
+    }
+}
+
+/// An HTTP/1.1 upgrade with no body: what the edge's own WebSocket path carries. Anything else
+/// on the WebSocket route (HTTP/2, a body) goes through pingora's proxy.
+fn carries_no_body(session: &Session) -> bool {
+    let req = session.req_header();
+    !session.is_http2()
+        && !req.headers.contains_key(header::CONTENT_LENGTH)
+        && !req.headers.contains_key(header::TRANSFER_ENCODING)
+}
+
+impl Edge {
+    fn forwarded_proto(&self) -> &'static str {
+        match self.listener {
+            Listener::Https | Listener::Console => "https",
+            Listener::Http => "http",
+        }
+    }
+
+    /// A node refused (or did not take) a connection: counted, and out of rotation at once.
+    fn connect_failed(&self, node: &Node, e: &dyn std::fmt::Display) {
+        self.shared
+            .metrics
+            .upstream_connect_failure(&node.config.name);
+        if node.runtime.mark_refused() {
+            tracing::warn!(node = %node.config.name, error = %e, "node refused a connection: out of rotation until it passes health checks");
+        }
+    }
+
+    /// A WebSocket upgrade, carried by the edge's own path (`tunnel.rs`) rather than by
+    /// pingora's proxy session, which would hold ~80 KiB per idle socket. The node is picked
+    /// as `upstream_peer` would; a node that refuses the connection, or fails before answering,
+    /// is passed over for the next. A refusal (any answer but 101) is answered through the
+    /// session; a 101 hands the client's stream to a splice task. `Ok(true)`: answered.
+    async fn upgrade_websocket(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let snapshot = ctx.snapshot.clone();
+        let client = client_ip(session);
+        let head = tunnel::request_head(
+            session.req_header(),
+            client,
+            self.forwarded_proto(),
+            &CLIENT_IP_HEADERS,
+        );
+        let (i, mut stream, mut answer) = loop {
+            if ctx.node.is_some() {
+                self.shared.metrics.upstream_retry(ctx.node_name());
+            }
+            let Some(i) = pick_sticky(session, &snapshot, ctx.tried) else {
+                ctx.node = None;
+                ctx.in_flight = None;
+                return Err(status_error(503, "no routable Nakama node"));
+            };
+            let node = &snapshot.pool.nodes[i];
+            ctx.tried.insert(i);
+            ctx.node = Some(i);
+            ctx.in_flight = Some(node.runtime.start_request());
+            let connect = TcpStream::connect(node.runtime.address);
+            let mut stream = match tokio::time::timeout(
+                snapshot.config.timeouts.upstream_connect,
+                connect,
+            )
+            .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    self.connect_failed(node, &e);
+                    continue;
+                }
+                Err(_) => {
+                    self.connect_failed(node, &"connect timed out");
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let asked = async {
+                stream.write_all(&head).await?;
+                tunnel::read_answer(&mut stream).await
+            };
+            match tokio::time::timeout(UPGRADE_ANSWER, asked).await {
+                Ok(Ok(answer)) => break (i, stream, answer),
+                Ok(Err(e)) => {
+                    tracing::warn!(node = %node.config.name, error = %e, "node failed a WebSocket upgrade before answering; trying another");
+                }
+                Err(_) => {
+                    tracing::warn!(node = %node.config.name, "node did not answer a WebSocket upgrade in time; trying another");
+                }
+            }
+        };
+        ctx.answered_at = Some(Instant::now());
+        let node = &snapshot.pool.nodes[i];
+
+        if answer.status != 101 {
+            let body = answer.body(&mut stream).await.map_err(|e| {
+                Error::explain(
+                    ErrorType::HTTPStatus(502),
+                    format!("node {}: {e}", node.config.name),
+                )
+            })?;
+            session.set_keepalive(None);
+            let header = std::mem::replace(&mut answer.header, ResponseHeader::build(502, None)?);
+            session
+                .write_response_header(Box::new(header), false)
+                .await?;
+            session.write_response_body(Some(body), true).await?;
+            return Ok(true);
+        }
+
+        let mut client_stream = take_client_stream(session).await?;
+        ctx.tunneled = Some(101);
+        // Upgraded before the 101 goes out: the connection's frame tracker reads the head
+        // first, and finds frame boundaries (where a close frame may go) only after it.
+        let closer = ClientConn::of(&client_stream).map(|conn| {
+            conn.enter_websocket(snapshot.config.timeouts.websocket_idle);
+            self.shared.websockets.add(conn.closer());
+            conn.closer().clone()
+        });
+        let opened = async {
+            client_stream.write_all(&answer.raw_head).await?;
+            client_stream.write_all(&answer.after_head).await?;
+            client_stream.flush().await?;
+            Ok::<_, std::io::Error>(())
+        };
+        if let Err(e) = opened.await {
+            tracing::debug!(error = %e, "player left during the WebSocket upgrade");
+            return Ok(true);
+        }
+        let websocket = node.runtime.open_websocket();
+        let in_flight = ctx.in_flight.take();
+        let runtime = node.runtime.clone();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let since = Instant::now();
+            let drain_check = || {
+                // WebSockets on a draining node close once routing.drain_timeout has passed;
+                // checked on every frame either way (Nakama pings every 15 s).
+                let drain_timeout = shared.snapshot().config.routing.drain_timeout;
+                if runtime.drain_expired(drain_timeout) {
+                    if let Some(closer) = &closer {
+                        closer.request(GOING_AWAY);
+                    }
+                }
+            };
+            let (carried, ended) = tunnel::splice(client_stream, stream, drain_check).await;
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "WebSocket ended on an error");
+            }
+            let metrics = &shared.metrics;
+            metrics.websocket_closed(since.elapsed().as_secs_f64());
+            metrics.bytes(
+                Route::WebSocket,
+                usize::try_from(carried.to_node).unwrap_or(usize::MAX),
+                usize::try_from(carried.to_client).unwrap_or(usize::MAX),
+            );
+            drop((websocket, in_flight));
+        });
+        Ok(true)
+    }
+}
+
+/// Take the client's stream out of pingora's session, leaving a [`tunnel::Replay`] of the same
+/// request in its place, so that pingora finishes and logs the request as usual.
+async fn take_client_stream(session: &mut Session) -> Result<Stream> {
+    let raw = session.as_downstream().to_h1_raw();
+    let Some(stream) = session.as_downstream().stream() else {
+        return Err(status_error(500, "no client stream to upgrade"));
+    };
+    let replay: Stream = Box::new(tunnel::Replay::new(raw, stream));
+    let mut stand_in = ServerSession::new_http1(replay);
+    stand_in.read_request().await?;
+    stand_in.set_keepalive(None);
+    let taken = std::mem::replace(&mut session.downstream_session, Box::new(stand_in));
+    match *taken {
+        ServerSession::H1(v1) => Ok(v1.into_inner()),
+        other => {
+            *session.downstream_session = other;
+            Err(status_error(500, "only HTTP/1.1 upgrades are carried"))
+        }
     }
 }
 
