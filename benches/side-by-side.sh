@@ -149,6 +149,17 @@ wsmem() {
   wait "$hold_pid" 2>/dev/null || true
 }
 
+# measure NAME PID HTTP_PORT HTTPS_PORT: every figure of one proxy, then stop it.
+measure() {
+  local name=$1 pid=$2 http=$3 https=$4
+  wait_ok "https://127.0.0.1:$https/healthcheck"
+  keepalive "$name" "$pid" "http://127.0.0.1:$http/healthcheck" "TCP"
+  keepalive "$name" "$pid" "https://127.0.0.1:$https/healthcheck" "TLS"
+  handshakes "$name" "$pid" "127.0.0.1:$https"
+  wsmem "$name" "$pid" "wss://127.0.0.1:$https/ws"
+  stop "$pid"
+}
+
 # The nodes: two for the proxies, on the load core; one alone on the proxy core for the
 # direct figures. No Nakama-style pings while idle (--ping-interval), so idle means idle.
 start node-a $LOAD_CPU "$BIN/nakama-standin" --name a --listen 127.0.0.1:17350 --ping-interval 3600
@@ -190,13 +201,7 @@ level = "error"
 access_log = false
 EOF
 start edge $PROXY_CPU "$BIN/nakama-edge" run -c "$work/edge.toml"
-edge=$started
-wait_ok https://127.0.0.1:18443/healthcheck
-keepalive nakama-edge "$edge" http://127.0.0.1:18080/healthcheck "TCP"
-keepalive nakama-edge "$edge" https://127.0.0.1:18443/healthcheck "TLS"
-handshakes nakama-edge "$edge" 127.0.0.1:18443
-wsmem nakama-edge "$edge" wss://127.0.0.1:18443/ws
-stop "$edge"
+measure nakama-edge "$started" 18080 18443
 fi
 
 # --- HAProxy ----------------------------------------------------------------------------
@@ -223,13 +228,7 @@ backend nodes
   server b 127.0.0.1:17360
 EOF
 start haproxy $PROXY_CPU haproxy -db -f "$work/haproxy.cfg"
-haproxy=$started
-wait_ok https://127.0.0.1:28443/healthcheck
-keepalive haproxy "$haproxy" http://127.0.0.1:28080/healthcheck "TCP"
-keepalive haproxy "$haproxy" https://127.0.0.1:28443/healthcheck "TLS"
-handshakes haproxy "$haproxy" 127.0.0.1:28443
-wsmem haproxy "$haproxy" wss://127.0.0.1:28443/ws
-stop "$haproxy"
+measure haproxy "$started" 28080 28443
 fi
 
 # --- nginx ------------------------------------------------------------------------------
@@ -270,13 +269,7 @@ http {
 }
 EOF
 start nginx $PROXY_CPU nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e stderr
-nginx=$started
-wait_ok https://127.0.0.1:38443/healthcheck
-keepalive nginx "$nginx" http://127.0.0.1:38080/healthcheck "TCP"
-keepalive nginx "$nginx" https://127.0.0.1:38443/healthcheck "TLS"
-handshakes nginx "$nginx" 127.0.0.1:38443
-wsmem nginx "$nginx" wss://127.0.0.1:38443/ws
-stop "$nginx"
+measure nginx "$started" 38080 38443
 fi
 
 # --- direct to a node (plain: Nakama nodes behind an edge do not terminate TLS) ----------

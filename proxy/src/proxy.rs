@@ -173,7 +173,7 @@ impl ProxyHttp for Edge {
                 }
                 Ok(true)
             }
-            Route::WebSocket if carries_no_body(session) => {
+            Route::WebSocket if is_tunnelable(session) => {
                 self.upgrade_websocket(session, ctx).await
             }
             _ => Ok(false),
@@ -439,7 +439,7 @@ fn pick_sticky(session: &Session, snapshot: &Snapshot, tried: Tried) -> Option<u
 
 /// An HTTP/1.1 upgrade with no body: what the edge's own WebSocket path carries. Anything else
 /// on the WebSocket route (HTTP/2, a body) goes through pingora's proxy.
-fn carries_no_body(session: &Session) -> bool {
+fn is_tunnelable(session: &Session) -> bool {
     let req = session.req_header();
     !session.is_http2()
         && !req.headers.contains_key(header::CONTENT_LENGTH)
@@ -534,9 +534,8 @@ impl Edge {
                 )
             })?;
             session.set_keepalive(None);
-            let header = std::mem::replace(&mut answer.header, ResponseHeader::build(502, None)?);
             session
-                .write_response_header(Box::new(header), false)
+                .write_response_header(Box::new(answer.header), false)
                 .await?;
             session.write_response_body(Some(body), true).await?;
             return Ok(true);

@@ -16,7 +16,7 @@
 //! of its own only while its peer is not taking them.
 
 use std::cell::RefCell;
-use std::io::{self, Cursor};
+use std::io::{self, Cursor, Write as _};
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -72,7 +72,8 @@ pub fn request_head(
         head.extend_from_slice(b"\r\n");
     }
     if let Some(ip) = client {
-        head.extend_from_slice(format!("x-forwarded-for: {ip}\r\n").as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(head, "x-forwarded-for: {ip}\r\n");
     }
     head.extend_from_slice(b"x-forwarded-proto: ");
     head.extend_from_slice(proto.as_bytes());
@@ -106,8 +107,8 @@ pub enum Framing {
     Chunked,
 }
 
-fn bad_answer(why: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, why.to_string())
+fn bad_answer(why: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.into())
 }
 
 /// Read the node's response head.
@@ -121,7 +122,7 @@ pub async fn read_answer(node: &mut TcpStream) -> io::Result<Answer> {
         let mut resp = httparse::Response::new(&mut headers);
         let parsed = resp
             .parse(&buf)
-            .map_err(|e| bad_answer(&format!("node's answer: {e}")))?;
+            .map_err(|e| bad_answer(format!("node's answer: {e}")))?;
         let httparse::Status::Complete(len) = parsed else {
             if buf.len() > MAX_RESPONSE_HEAD {
                 return Err(bad_answer("node's answer head too large"));
@@ -130,7 +131,7 @@ pub async fn read_answer(node: &mut TcpStream) -> io::Result<Answer> {
         };
         let status = resp.code.ok_or_else(|| bad_answer("no status"))?;
         let mut header = ResponseHeader::build(status, Some(resp.headers.len()))
-            .map_err(|e| bad_answer(&e.to_string()))?;
+            .map_err(|e| bad_answer(e.to_string()))?;
         let mut framing = Framing::Close;
         for h in resp.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
@@ -144,7 +145,7 @@ pub async fn read_answer(node: &mut TcpStream) -> io::Result<Answer> {
             }
             header
                 .append_header(h.name.to_string(), h.value)
-                .map_err(|e| bad_answer(&e.to_string()))?;
+                .map_err(|e| bad_answer(e.to_string()))?;
         }
         let after_head = buf.split_off(len);
         return Ok(Answer {
