@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, Criterion};
+use nakama_edge::drains::Drains;
 use nakama_edge::firewall::Firewall;
 use nakama_edge::limits::{client_key, Limits, OpenConnections};
 use nakama_edge::metrics::Metrics;
@@ -29,7 +30,11 @@ fn config(nodes: usize, extra: &str) -> Config {
 }
 
 fn healthy_pool(nodes: usize) -> Pool {
-    let pool = Pool::build(&config(nodes, ""), &Registry::default());
+    let pool = Pool::build(
+        &config(nodes, ""),
+        &Registry::default(),
+        &Drains::in_memory(),
+    );
     for n in &pool.nodes {
         n.runtime.record_check(true, 1, 1);
     }

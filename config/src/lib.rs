@@ -89,6 +89,9 @@ pub struct Server {
     pub grace_period: Duration,
     /// The Unix socket through which `run --upgrade` takes the listening sockets over.
     pub upgrade_socket: PathBuf,
+    /// Where runtime operator state (drains set through the admin API) is kept across restarts
+    /// and upgrades. `None`: in memory only.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// `[listeners]`. Changing an address takes a restart (or `--upgrade`); `http_redirect`

@@ -28,6 +28,7 @@ pub(crate) struct RawServer {
     pub threads: S<i64>,
     pub grace_period: S<String>,
     pub upgrade_socket: S<String>,
+    pub state_dir: S<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -153,6 +153,13 @@ impl Checker<'_> {
                 || PathBuf::from("/tmp/nakama-edge-upgrade.sock"),
                 |p| PathBuf::from(p.get_ref()),
             ),
+            state_dir: raw.server.state_dir.as_ref().and_then(|p| {
+                if p.get_ref().is_empty() {
+                    self.problem(p.span(), "server.state_dir must not be empty");
+                    return None;
+                }
+                Some(PathBuf::from(p.get_ref()))
+            }),
         };
 
         let l = &raw.listeners;

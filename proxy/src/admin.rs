@@ -5,8 +5,11 @@
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when listeners are bound, the certificate is not a placeholder and a node is routable; else 503 and why |
-//! | `GET /nodes` | JSON: name, address, state, health, http_in_flight, websockets |
-//! | `POST /nodes/{name}/drain`, `/undrain` | runtime drain; 404 for an unknown node |
+//! | `GET /nodes` | JSON: name, address, state, health, drained_by, http_in_flight, websockets |
+//! | `POST /nodes/{name}/drain`, `/undrain` | runtime drain, saved in `server.state_dir` before it applies; 404 for an unknown node, 500 (nothing changed) when it cannot be saved |
+//!
+//! Either `drain = true` in the config file or a runtime drain drains a node; `undrain` lifts
+//! the runtime one only, and the node's view then still says `"drained_by": ["config"]`.
 
 use std::sync::Arc;
 
@@ -16,7 +19,7 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde::Serialize;
 
-use crate::pool::{Health, Node, NodeState};
+use crate::pool::{DrainedBy, Health, Node, NodeState};
 use crate::state::Shared;
 
 /// Who may use the admin API (`firewall.admin_allow`, loopback by default), decided right after
@@ -70,6 +73,7 @@ pub struct NodeView<'a> {
     address: String,
     state: NodeState,
     health: Health,
+    drained_by: DrainedBy,
     http_in_flight: i64,
     websockets: i64,
 }
@@ -81,6 +85,7 @@ impl<'a> NodeView<'a> {
             address: node.config.address.to_string(),
             state: node.runtime.state(),
             health: node.runtime.health(),
+            drained_by: node.runtime.drained_by(),
             http_in_flight: node.runtime.http_in_flight(),
             websockets: node.runtime.websockets(),
         }
@@ -141,14 +146,37 @@ impl ServeHttp for AdminApi {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             _ => match drain_request(&path) {
-                Some((name, drain)) if method == Method::POST => match pool.by_name(name) {
-                    Some(node) => {
-                        node.runtime.set_admin_drain(drain);
-                        tracing::info!(node = name, drain, "drain changed through the admin API");
-                        json(StatusCode::OK, &NodeView::of(node))
+                Some((name, drain)) if method == Method::POST => {
+                    match (self.shared.set_drain(name, drain), pool.by_name(name)) {
+                        (Ok(Some(())), Some(node)) => {
+                            let view = NodeView::of(node);
+                            if !drain && view.drained_by.config {
+                                tracing::info!(node = name, "runtime drain lifted; the node stays drained by `drain = true` in the config file");
+                            } else {
+                                tracing::info!(
+                                    node = name,
+                                    drain,
+                                    "drain changed through the admin API"
+                                );
+                            }
+                            json(StatusCode::OK, &view)
+                        }
+                        (Ok(_), _) => {
+                            text(StatusCode::NOT_FOUND, &format!("unknown node {name:?}"))
+                        }
+                        (Err(e), _) => {
+                            tracing::error!(
+                                node = name,
+                                drain,
+                                "cannot save a drain, nothing changed: {e}"
+                            );
+                            text(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                &format!("cannot save the drain, nothing changed: {e}"),
+                            )
+                        }
                     }
-                    None => text(StatusCode::NOT_FOUND, &format!("unknown node {name:?}")),
-                },
+                }
                 Some(_) => text(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
                 None => text(StatusCode::NOT_FOUND, "not found"),
             },

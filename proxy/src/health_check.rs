@@ -1,8 +1,13 @@
 //! Active health checks: `GET health_check.path` on every node, every `interval`.
 //!
-//! One task per node runtime; the supervisor starts tasks for nodes a reload adds and stops
-//! those of nodes it removes. Settings are read from the current snapshot at each check, so a
-//! reload changes them live.
+//! ```text
+//!   start: first_round ── every node at once, bounded by health_check.timeout ──► then the
+//!          listeners (or, with --upgrade, the old process's sockets) are taken
+//!   HealthChecker ── one check_loop per node runtime ── record_check ──► NodeRuntime health
+//! ```
+//!
+//! The supervisor starts loops for nodes a reload adds and stops those of nodes it removes.
+//! Settings are read from the current snapshot at each check, so a reload changes them live.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -67,30 +72,60 @@ impl BackgroundService for HealthChecker {
     }
 }
 
+/// One round of checks of every node of the current snapshot, all at once: what a starting
+/// process does before it serves, so that it routes from its first connection. Takes at most
+/// `health_check.timeout`. Returns how many nodes are healthy, and how many were checked.
+pub async fn first_round(shared: &Shared) -> (usize, usize) {
+    let snapshot = shared.snapshot();
+    let checks = snapshot
+        .pool
+        .nodes
+        .iter()
+        .map(|node| check_once(shared, &node.runtime));
+    futures_util::future::join_all(checks).await;
+    let healthy = snapshot
+        .pool
+        .nodes
+        .iter()
+        .filter(|n| n.runtime.health() == Health::Healthy)
+        .count();
+    (healthy, snapshot.pool.nodes.len())
+}
+
+/// Check `node` once and record the result.
+async fn check_once(shared: &Shared, node: &NodeRuntime) {
+    let settings = &shared.snapshot().config.health_check;
+    let started = std::time::Instant::now();
+    let result = check(node.address, &settings.path, settings.timeout).await;
+    shared
+        .metrics
+        .health_check(&node.name, result.is_ok(), started.elapsed().as_secs_f64());
+    let Some(changed) = node.record_check(
+        result.is_ok(),
+        settings.healthy_threshold,
+        settings.unhealthy_threshold,
+    ) else {
+        return;
+    };
+    match (changed, &result) {
+        (Health::Healthy, _) => {
+            tracing::info!(node = %node.name, address = %node.address, "node is healthy: in rotation")
+        }
+        (_, Err(why)) => {
+            tracing::warn!(node = %node.name, address = %node.address, %why, "node is unhealthy: out of rotation")
+        }
+        _ => {}
+    }
+}
+
 async fn check_loop(shared: Arc<Shared>, node: Arc<NodeRuntime>) {
     loop {
-        let settings = shared.snapshot().config.health_check.clone();
-        let started = std::time::Instant::now();
-        let result = check(node.address, &settings.path, settings.timeout).await;
-        shared
-            .metrics
-            .health_check(&node.name, result.is_ok(), started.elapsed().as_secs_f64());
-        if let Some(changed) = node.record_check(
-            result.is_ok(),
-            settings.healthy_threshold,
-            settings.unhealthy_threshold,
-        ) {
-            match (changed, &result) {
-                (Health::Healthy, _) => {
-                    tracing::info!(node = %node.name, "node is healthy: back in rotation")
-                }
-                (_, Err(why)) => {
-                    tracing::warn!(node = %node.name, %why, "node is unhealthy: out of rotation")
-                }
-                _ => {}
-            }
+        // A node the first round (or a previous config) already checked waits its turn.
+        if node.health() != Health::Unknown {
+            let interval = shared.snapshot().config.health_check.interval;
+            tokio::time::sleep(interval).await;
         }
-        tokio::time::sleep(settings.interval).await;
+        check_once(&shared, &node).await;
     }
 }
 

@@ -20,7 +20,8 @@
 //! | [`limits`] | per-client rate and connection limits |
 //! | [`route`] | what a request is, from its head |
 //! | [`pool`] | nodes, their state, and node selection |
-//! | [`health_check`] | active health checks |
+//! | [`health_check`] | active health checks, and the first round before serving |
+//! | [`drains`] | runtime drains, kept in `server.state_dir` across restarts and upgrades |
 //! | [`token`] | the user id in a Nakama session token |
 //! | [`firewall`] | CIDR allow/deny |
 //! | [`acme`] | obtaining and renewing the certificate (the work itself is in `nakama-edge-certs`) |
@@ -34,6 +35,7 @@ pub mod accept;
 pub mod acme;
 pub mod admin;
 pub mod client_conn;
+pub mod drains;
 pub mod firewall;
 pub mod health_check;
 pub mod limits;

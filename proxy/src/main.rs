@@ -138,7 +138,22 @@ fn execute(command: Command) -> Result<(), Failure> {
         }
         Command::Undrain { node, admin } => {
             let shown = post_drain(&admin, &node, "undrain")?;
-            println!("{node}: undrained ({shown})");
+            let by_config = serde_json::from_str::<serde_json::Value>(&shown)
+                .ok()
+                .and_then(|v| {
+                    v["drained_by"]
+                        .as_array()
+                        .map(|by| by.iter().any(|b| b == "config"))
+                })
+                .unwrap_or(false);
+            if by_config {
+                println!(
+                    "{node}: runtime drain lifted, but the node stays draining: `drain = true` \
+                     in the config file drains it; remove that to undrain ({shown})"
+                );
+            } else {
+                println!("{node}: undrained ({shown})");
+            }
             Ok(())
         }
     }

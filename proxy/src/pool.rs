@@ -11,9 +11,14 @@
 //! ```
 //!
 //! A node is *routable* when it is healthy and not draining. A new node, or one whose address
-//! changed, starts [`Health::Unknown`] and gets no traffic until it passes a check.
+//! changed, starts [`Health::Unknown`] and gets no traffic until it passes a check; its first
+//! check decides at once (`healthy_threshold` and `unhealthy_threshold` are for nodes that
+//! change state later, as in Envoy and HAProxy). A process checks every node once before it
+//! serves (`health_check::first_round`).
 
 use std::collections::HashMap;
+
+use crate::drains::Drains;
 use std::net::SocketAddr;
 use std::sync::atomic::{
     AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
@@ -66,7 +71,7 @@ pub struct NodeRuntime {
     ok_streak: AtomicU32,
     fail_streak: AtomicU32,
     config_drain: AtomicBool,
-    admin_drain: AtomicBool,
+    runtime_drain: AtomicBool,
     /// Milliseconds since [`epoch`] when draining began, 0 when not draining.
     draining_since: AtomicU64,
     http_in_flight: AtomicI64,
@@ -85,7 +90,7 @@ fn now_millis() -> u64 {
 }
 
 impl NodeRuntime {
-    fn new(config: &NodeConfig) -> Self {
+    fn new(config: &NodeConfig, runtime_drain: bool) -> Self {
         let rt = NodeRuntime {
             name: config.name.clone(),
             address: config.address,
@@ -93,7 +98,7 @@ impl NodeRuntime {
             ok_streak: AtomicU32::new(0),
             fail_streak: AtomicU32::new(0),
             config_drain: AtomicBool::new(false),
-            admin_drain: AtomicBool::new(false),
+            runtime_drain: AtomicBool::new(runtime_drain),
             draining_since: AtomicU64::new(0),
             http_in_flight: AtomicI64::new(0),
             websockets: AtomicI64::new(0),
@@ -113,7 +118,15 @@ impl NodeRuntime {
 
     /// Whether the node is drained by config or the admin API.
     pub fn is_draining(&self) -> bool {
-        self.config_drain.load(Ordering::Relaxed) || self.admin_drain.load(Ordering::Relaxed)
+        self.config_drain.load(Ordering::Relaxed) || self.runtime_drain.load(Ordering::Relaxed)
+    }
+
+    /// Who drains the node: either one is enough.
+    pub fn drained_by(&self) -> DrainedBy {
+        DrainedBy {
+            config: self.config_drain.load(Ordering::Relaxed),
+            runtime: self.runtime_drain.load(Ordering::Relaxed),
+        }
     }
 
     /// Healthy and not draining: may get new requests and WebSockets.
@@ -152,7 +165,9 @@ impl NodeRuntime {
             && now_millis().saturating_sub(since) >= drain_timeout.as_millis() as u64
     }
 
-    /// Record the outcome of one active health check.
+    /// Record the outcome of one active health check. A node's first check decides its health
+    /// at once; after that, `healthy_threshold` or `unhealthy_threshold` checks in a row
+    /// change it.
     pub fn record_check(
         &self,
         ok: bool,
@@ -175,6 +190,11 @@ impl NodeRuntime {
             )
         };
         other.store(0, Ordering::Relaxed);
+        let threshold = if self.health() == Health::Unknown {
+            1
+        } else {
+            threshold
+        };
         let n = streak.fetch_add(1, Ordering::Relaxed).saturating_add(1);
         (n >= threshold && self.health() != target).then(|| {
             self.health.store(target as u8, Ordering::Relaxed);
@@ -194,9 +214,9 @@ impl NodeRuntime {
         self.update_draining_since();
     }
 
-    /// Drain (or undrain) through the admin API.
-    pub fn set_admin_drain(&self, drain: bool) {
-        self.admin_drain.store(drain, Ordering::Relaxed);
+    /// Drain (or undrain) at runtime (the admin API, see [`crate::drains`]).
+    pub fn set_runtime_drain(&self, drain: bool) {
+        self.runtime_drain.store(drain, Ordering::Relaxed);
         self.update_draining_since();
     }
 
@@ -261,6 +281,30 @@ impl Drop for Counted {
     }
 }
 
+/// Who drains a node, shown as `drained_by` in `GET /nodes`: `["config"]`, `["runtime"]`,
+/// both, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DrainedBy {
+    /// `drain = true` in the config file.
+    pub config: bool,
+    /// The admin API or the CLI.
+    pub runtime: bool,
+}
+
+impl Serialize for DrainedBy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(None)?;
+        if self.config {
+            seq.serialize_element("config")?;
+        }
+        if self.runtime {
+            seq.serialize_element("runtime")?;
+        }
+        seq.end()
+    }
+}
+
 /// Every node runtime by name, so that a reload finds the state of nodes it keeps.
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -269,8 +313,9 @@ pub struct Registry {
 
 impl Registry {
     /// The runtimes for `nodes`: existing ones where name and address are unchanged, new ones
-    /// otherwise. Runtimes of nodes no longer configured are forgotten.
-    pub fn runtimes_for(&self, nodes: &[NodeConfig]) -> Vec<Arc<NodeRuntime>> {
+    /// (drained if `drains` says so) otherwise. Runtimes of nodes no longer configured are
+    /// forgotten.
+    pub fn runtimes_for(&self, nodes: &[NodeConfig], drains: &Drains) -> Vec<Arc<NodeRuntime>> {
         let mut by_name = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
         let runtimes: Vec<Arc<NodeRuntime>> = nodes
             .iter()
@@ -279,7 +324,7 @@ impl Registry {
                     rt.set_config_drain(n.drain);
                     rt.clone()
                 }
-                _ => Arc::new(NodeRuntime::new(n)),
+                _ => Arc::new(NodeRuntime::new(n, drains.is_drained(&n.name))),
             })
             .collect();
         *by_name = runtimes
@@ -354,8 +399,8 @@ impl Tried {
 
 impl Pool {
     /// Build the pool of `config`, reusing the runtimes in `registry`.
-    pub fn build(config: &Config, registry: &Registry) -> Pool {
-        let runtimes = registry.runtimes_for(&config.nodes);
+    pub fn build(config: &Config, registry: &Registry, drains: &Drains) -> Pool {
+        let runtimes = registry.runtimes_for(&config.nodes, drains);
         let nodes: Vec<Node> = config
             .nodes
             .iter()
@@ -402,6 +447,14 @@ impl Pool {
     /// The node named `name`.
     pub fn by_name(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.config.name == name)
+    }
+
+    /// Make every node's runtime drain what `drains` says.
+    pub fn apply_drains(&self, drains: &Drains) {
+        for node in &self.nodes {
+            node.runtime
+                .set_runtime_drain(drains.is_drained(&node.config.name));
+        }
     }
 
     /// Whether any node can take new work.
@@ -498,21 +551,72 @@ mod tests {
     }
 
     #[test]
-    fn new_nodes_get_no_traffic_until_checked() {
-        let pool = Pool::build(&config(&[("a", 1, 1)]), &Registry::default());
+    fn new_nodes_get_no_traffic_until_their_first_check_which_decides_at_once() {
+        let pool = Pool::build(
+            &config(&[("a", 1, 1), ("b", 2, 1)]),
+            &Registry::default(),
+            &Drains::in_memory(),
+        );
         assert_eq!(pool.pick_round_robin(Tried::default()), None);
         assert_eq!(pool.nodes[0].runtime.state(), NodeState::Unknown);
-        assert_eq!(pool.nodes[0].runtime.record_check(true, 2, 3), None);
+        // healthy_threshold 2 is for nodes coming back, not for the first check.
         assert_eq!(
             pool.nodes[0].runtime.record_check(true, 2, 3),
             Some(Health::Healthy)
         );
         assert_eq!(pool.pick_round_robin(Tried::default()), Some(0));
+        assert_eq!(
+            pool.nodes[1].runtime.record_check(false, 2, 3),
+            Some(Health::Unhealthy)
+        );
+        // Back from unhealthy: healthy_threshold checks in a row.
+        assert_eq!(pool.nodes[1].runtime.record_check(true, 2, 3), None);
+        assert_eq!(
+            pool.nodes[1].runtime.record_check(true, 2, 3),
+            Some(Health::Healthy)
+        );
+    }
+
+    #[test]
+    fn runtime_drains_seed_new_runtimes_and_combine_with_the_config() {
+        let drains = Drains::in_memory();
+        drains.set("a", true).unwrap();
+        let mut c = config(&[("a", 1, 1), ("b", 2, 1)]);
+        c.nodes[1].drain = true;
+        let pool = Pool::build(&c, &Registry::default(), &drains);
+        all_healthy(&pool);
+        let by = |i: usize| pool.nodes[i].runtime.drained_by();
+        assert_eq!(
+            by(0),
+            DrainedBy {
+                config: false,
+                runtime: true
+            }
+        );
+        assert_eq!(
+            by(1),
+            DrainedBy {
+                config: true,
+                runtime: false
+            }
+        );
+        assert_eq!(serde_json::to_string(&by(1)).unwrap(), r#"["config"]"#);
+        assert!(!pool.any_routable());
+        // Undrain lifts only the runtime drain.
+        drains.set("a", false).unwrap();
+        drains.set("b", false).unwrap();
+        pool.apply_drains(&drains);
+        assert_eq!(pool.nodes[0].runtime.state(), NodeState::Healthy);
+        assert_eq!(pool.nodes[1].runtime.state(), NodeState::Draining);
     }
 
     #[test]
     fn thresholds_and_refusal() {
-        let pool = Pool::build(&config(&[("a", 1, 1)]), &Registry::default());
+        let pool = Pool::build(
+            &config(&[("a", 1, 1)]),
+            &Registry::default(),
+            &Drains::in_memory(),
+        );
         let rt = &pool.nodes[0].runtime;
         rt.record_check(true, 1, 3);
         assert_eq!(rt.record_check(false, 1, 3), None);
@@ -533,9 +637,10 @@ mod tests {
         let pool = Pool::build(
             &config(&[("a", 1, 1), ("b", 2, 1), ("c", 3, 1)]),
             &Registry::default(),
+            &Drains::in_memory(),
         );
         all_healthy(&pool);
-        pool.nodes[1].runtime.set_admin_drain(true);
+        pool.nodes[1].runtime.set_runtime_drain(true);
         let picks: Vec<_> = (0..6)
             .map(|_| pool.pick_round_robin(Tried::default()).unwrap())
             .collect();
@@ -550,9 +655,17 @@ mod tests {
     #[test]
     fn runtime_survives_reload_unless_address_changes() {
         let registry = Registry::default();
-        let first = Pool::build(&config(&[("a", 1, 1), ("b", 2, 1)]), &registry);
-        first.nodes[0].runtime.set_admin_drain(true);
-        let second = Pool::build(&config(&[("a", 1, 1), ("b", 5, 1)]), &registry);
+        let first = Pool::build(
+            &config(&[("a", 1, 1), ("b", 2, 1)]),
+            &registry,
+            &Drains::in_memory(),
+        );
+        first.nodes[0].runtime.set_runtime_drain(true);
+        let second = Pool::build(
+            &config(&[("a", 1, 1), ("b", 5, 1)]),
+            &registry,
+            &Drains::in_memory(),
+        );
         assert!(Arc::ptr_eq(
             &first.nodes[0].runtime,
             &second.nodes[0].runtime
@@ -569,6 +682,7 @@ mod tests {
         let pool = Pool::build(
             &config(&[("a", 1, 1), ("b", 2, 1), ("c", 3, 1), ("d", 4, 1)]),
             &Registry::default(),
+            &Drains::in_memory(),
         );
         all_healthy(&pool);
         let keys: Vec<String> = (0..4000).map(|i| format!("user-{i}")).collect();
@@ -594,7 +708,11 @@ mod tests {
 
     #[test]
     fn counters_follow_guards() {
-        let pool = Pool::build(&config(&[("a", 1, 1)]), &Registry::default());
+        let pool = Pool::build(
+            &config(&[("a", 1, 1)]),
+            &Registry::default(),
+            &Drains::in_memory(),
+        );
         let rt = &pool.nodes[0].runtime;
         let g1 = rt.start_request();
         let w = rt.open_websocket();
@@ -606,13 +724,17 @@ mod tests {
 
     #[test]
     fn drain_expiry() {
-        let pool = Pool::build(&config(&[("a", 1, 1)]), &Registry::default());
+        let pool = Pool::build(
+            &config(&[("a", 1, 1)]),
+            &Registry::default(),
+            &Drains::in_memory(),
+        );
         let rt = &pool.nodes[0].runtime;
         assert!(!rt.drain_expired(Duration::ZERO));
-        rt.set_admin_drain(true);
+        rt.set_runtime_drain(true);
         assert!(rt.drain_expired(Duration::ZERO));
         assert!(!rt.drain_expired(Duration::from_secs(3600)));
-        rt.set_admin_drain(false);
+        rt.set_runtime_drain(false);
         assert!(!rt.drain_expired(Duration::ZERO));
     }
 }

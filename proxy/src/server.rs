@@ -1,12 +1,22 @@
 //! Wiring: the pingora server, its listeners, and the background tasks.
 //!
+//! A start (cold, restart or `--upgrade`) goes in this order, so that the first player
+//! connection is routed as well as any later one:
+//!
+//! 1. config, certificate, runtime drains from `server.state_dir` (restored);
+//! 2. one round of health checks of every node, in parallel, bounded by `health_check.timeout`;
+//! 3. the listening sockets: bound, or with `--upgrade` taken over from the running process,
+//!    which serves until then;
+//! 4. runtime drains read again (the old process may have changed them meanwhile), then
+//!    every service starts; `/readyz` and systemd's `READY=1` follow once the listeners are up.
+//!
 //! ```text
 //!   Server (pingora: signals, graceful shutdown and upgrade)
 //!    ├─ https  : TCP ─► accept::Entry (firewall, TLS) ─► HttpProxy<Edge>
 //!    ├─ http   : TCP ─► accept::Entry (firewall)      ─► HttpProxy<Edge> (redirect / ACME)
 //!    ├─ console: TCP ─► accept::Entry (console_allow, TLS) ─► HttpProxy<Edge> (nodes' consoles)
 //!    ├─ admin  : AdminApi
-//!    └─ background: HealthChecker, Reloader, Readiness, AcmeService (with [acme])
+//!    └─ background: HealthChecker, Reloader, DrainsWatch, Readiness, AcmeService (with [acme])
 //! ```
 
 use std::net::SocketAddr;
@@ -32,6 +42,7 @@ use pingora_proxy::http_proxy;
 use crate::accept::{Entry, PeerFilter};
 use crate::acme::{AcmeTask, Served};
 use crate::admin::{AdminApi, AdminFilter};
+use crate::drains::{Drains, DrainsWatch};
 use crate::health_check::HealthChecker;
 use crate::limits::PurgeTask;
 use crate::proxy::Edge;
@@ -136,6 +147,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         upgrade,
     } = options;
     let initial = initial_certificate(&config)?;
+    let drains = open_drains(&config.server, &source)?;
 
     let grace = config.server.grace_period.as_secs();
     let conf = ServerConf {
@@ -150,15 +162,20 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         upgrade,
         ..Default::default()
     };
+    let listeners = config.listeners.clone();
+    let shared = Arc::new(
+        Shared::new(config, source, initial.certificate, initial.ready, drains)
+            .context("cannot register metrics")?,
+    );
+    first_health_checks(&shared)?;
+
+    // With --upgrade, this waits for the running process to hand its sockets over.
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
     let server_conf = server.configuration.clone();
-
-    let listeners = config.listeners.clone();
-    let shared = Arc::new(
-        Shared::new(config, source, initial.certificate, initial.ready)
-            .context("cannot register metrics")?,
-    );
+    if let Err(e) = shared.reload_drains() {
+        tracing::error!("{e}: runtime drains could not be read again; fix or remove the file");
+    }
 
     let tls = Arc::new(nakama_edge_certs::server_config(shared.certs.clone())?);
     for (listener, addr) in [
@@ -204,6 +221,10 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         "config reload",
         Reloader::new(shared.clone()),
     ));
+    server.add_service(background_service(
+        "drains watch",
+        DrainsWatch::new(shared.clone()),
+    ));
     if let Some(task) = initial.acme {
         server.add_service(background_service("acme", task.start_with(shared.clone())));
     }
@@ -222,6 +243,59 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     ));
     tracing::info!(https = ?listeners.https, http = ?listeners.http, admin = ?listeners.admin, "nakama-edge starting");
     server.run_forever()
+}
+
+/// The runtime drains: kept in `server.state_dir` (or, unset, in the state directory systemd
+/// gives the unit), restored now; in memory only without either.
+fn open_drains(
+    server: &nakama_edge_config::Server,
+    source: &ConfigSource,
+) -> anyhow::Result<Drains> {
+    let systemd = || {
+        let dirs = std::env::var_os("STATE_DIRECTORY")?;
+        let first = dirs.to_str()?.split(':').next()?.to_string();
+        (!first.is_empty()).then(|| std::path::PathBuf::from(first))
+    };
+    let Some(dir) = server.state_dir.clone().or_else(systemd) else {
+        let why = "server.state_dir is not set: nodes drained through the admin API stay drained only until this process exits (a restart or an upgrade forgets them)";
+        match source {
+            ConfigSource::Embedded => tracing::info!("{why}"),
+            ConfigSource::File(_) => tracing::warn!("{why}"),
+        }
+        return Ok(Drains::in_memory());
+    };
+    let drains = Drains::open(&dir).context("server.state_dir cannot be used")?;
+    match drains.reload() {
+        Ok(_) => {
+            tracing::info!(state_dir = %dir.display(), drained = ?drains.drained(), "runtime drains restored")
+        }
+        Err(e) => {
+            tracing::error!("{e}: runtime drains are not restored; fix or remove the file")
+        }
+    }
+    if let Err(e) = drains.watch() {
+        tracing::warn!("{e}: drains changed by another process of this edge are not seen");
+    }
+    Ok(drains)
+}
+
+/// Check every node once before serving, so that the first player is routed (and, during an
+/// upgrade, the old process keeps serving meanwhile).
+fn first_health_checks(shared: &Shared) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the first health checks")?;
+    let (healthy, nodes) = runtime.block_on(crate::health_check::first_round(shared));
+    if healthy == 0 && nodes > 0 {
+        tracing::warn!(
+            nodes,
+            "no node passed its first health check: players get 503 until one does"
+        );
+    } else {
+        tracing::info!(healthy, nodes, "first health checks done");
+    }
+    Ok(())
 }
 
 /// User-space buffers under the TLS and HTTP layers of a player connection: none for reads,

@@ -19,6 +19,7 @@ use nakama_edge_certs::{CertError, CertResolver, CertifiedKey};
 use nakama_edge_config::{CertificateSource, Config, ConfigError};
 use tokio::sync::Notify;
 
+use crate::drains::{Drains, DrainsError};
 use crate::firewall::Firewall;
 use crate::limits::{Limits, OpenConnections};
 use crate::metrics::Metrics;
@@ -43,8 +44,9 @@ impl Snapshot {
         registry: &Registry,
         previous: Option<&Snapshot>,
         open: &Arc<OpenConnections>,
+        drains: &Drains,
     ) -> Snapshot {
-        let pool = Pool::build(&config, registry);
+        let pool = Pool::build(&config, registry, drains);
         let firewall = Firewall::new(&config.firewall);
         let limits = match previous {
             Some(p) if *p.limits.config() == config.rate_limit => p.limits.clone(),
@@ -98,24 +100,31 @@ pub struct Shared {
     pub listeners_bound: AtomicBool,
     /// Set once the https listener serves its real certificate (not an ACME placeholder).
     pub certificate_ready: AtomicBool,
+    /// Set when a shutdown or an upgrade's hand-over begins: every HTTP/1.1 response from then
+    /// on closes its connection, so that the client's next request opens a new one (to the new
+    /// process, after an upgrade).
+    pub shutting_down: AtomicBool,
     /// Notified after each successful reload.
     pub reloaded: Notify,
     /// Every open WebSocket, to close with a close frame on shutdown.
     pub websockets: crate::ws_close::OpenWebSockets,
+    /// Nodes drained at runtime (admin API, CLI), kept in `server.state_dir`.
+    pub drains: Drains,
 }
 
 impl Shared {
     /// Shared state serving `config`, with `initial` as the https certificate (`certificate_ready`:
-    /// it is not a placeholder awaiting ACME).
+    /// it is not a placeholder awaiting ACME) and the runtime drains in `drains`.
     pub fn new(
         config: Config,
         source: ConfigSource,
         initial: Arc<CertifiedKey>,
         certificate_ready: bool,
+        drains: Drains,
     ) -> std::io::Result<Shared> {
         let registry = Registry::default();
         let open = Arc::new(OpenConnections::default());
-        let snapshot = Snapshot::build(config, &registry, None, &open);
+        let snapshot = Snapshot::build(config, &registry, None, &open, &drains);
         Ok(Shared {
             current: ArcSwap::from_pointee(snapshot),
             registry,
@@ -126,9 +135,32 @@ impl Shared {
             reload_lock: Mutex::new(()),
             listeners_bound: AtomicBool::new(false),
             certificate_ready: AtomicBool::new(certificate_ready),
+            shutting_down: AtomicBool::new(false),
             reloaded: Notify::new(),
             websockets: Default::default(),
+            drains,
         })
+    }
+
+    /// Drain or undrain the node `name` at runtime: saved first (see [`crate::drains`]), then
+    /// applied. `Ok(None)`: no such node.
+    pub fn set_drain(&self, name: &str, drain: bool) -> Result<Option<()>, DrainsError> {
+        let snapshot = self.snapshot();
+        let Some(node) = snapshot.pool.by_name(name) else {
+            return Ok(None);
+        };
+        self.drains.set(name, drain)?;
+        node.runtime.set_runtime_drain(drain);
+        Ok(Some(()))
+    }
+
+    /// Re-read the runtime drains (another process of this edge changed them) and apply them.
+    pub fn reload_drains(&self) -> Result<(), DrainsError> {
+        if self.drains.reload()? {
+            tracing::info!(drained = ?self.drains.drained(), "runtime drains changed on disk");
+        }
+        self.snapshot().pool.apply_drains(&self.drains);
+        Ok(())
     }
 
     /// The current snapshot.
@@ -223,6 +255,7 @@ impl Shared {
             &self.registry,
             Some(&old),
             &self.open,
+            &self.drains,
         )));
         Ok(())
     }
