@@ -221,4 +221,17 @@ impl ServerApp for Entry {
         let conn = ClientConn::new(stream, timeouts.request_header, Some(slot), Some(open));
         self.http.process_new(Box::new(conn), shutdown).await
     }
+
+    /// The listener has stopped accepting (shutdown, or an upgrade's hand-over). Connections in
+    /// use finish their request with `Connection: close`; keep-alive connections that sit idle
+    /// are closed halfway through the grace period (with the WebSockets' close frames), not
+    /// at once: a client may be sending its next request on one right now, and is answered.
+    async fn cleanup(&self) {
+        let grace = self.shared.snapshot().config.server.grace_period;
+        let http = self.http.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace / 2).await;
+            pingora_core::apps::HttpServerApp::http_cleanup(&*http).await;
+        });
+    }
 }

@@ -17,6 +17,7 @@
 //! ```
 
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,7 @@ use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{ProxyHttp, Session};
+use pingora_proxy::{ProxyHttp, ProxyWarnLogContext, Session};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -277,10 +278,16 @@ impl ProxyHttp for Edge {
             session.set_keepalive(None);
             return Err(status_error(code, "request refused before proxying"));
         }
-        // HTTP/1.1 keep-alive idle time (HTTP/2's is the server option h2_idle_timeout).
-        session.set_keepalive(Some(
-            ctx.snapshot.config.timeouts.http_idle.as_secs().max(1),
-        ));
+        // HTTP/1.1 keep-alive idle time (HTTP/2's is the server option h2_idle_timeout); none
+        // once this process is shutting down or handing over: the answer says
+        // `Connection: close`, and the client's next request goes to a new connection.
+        if self.shared.shutting_down.load(Ordering::Relaxed) {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(
+                ctx.snapshot.config.timeouts.http_idle.as_secs().max(1),
+            ));
+        }
         Ok(())
     }
 
@@ -299,6 +306,26 @@ impl ProxyHttp for Edge {
     fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
         let req = session.req_header();
         format!("{} {}", req.method, req.uri.path())
+    }
+
+    /// A request that ended on an error shows in the access log and the per-code counters; an
+    /// operator acts on nodes, which the edge logs itself (refused, out of rotation). So the
+    /// line is at debug, not pingora's ERROR.
+    fn suppress_error_log(&self, session: &Session, ctx: &Ctx, error: &Error) -> bool {
+        tracing::debug!(node = ctx.node_name(), request = %self.request_summary(session, ctx), %error, "request failed");
+        true
+    }
+
+    /// A retry is counted (`nakama_edge_upstream_retries_total`): a debug line, not a warning.
+    fn suppress_proxy_warn_log(
+        &self,
+        session: &Session,
+        ctx: &Ctx,
+        error: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        tracing::debug!(node = ctx.node_name(), request = %self.request_summary(session, ctx), %error, "request retried on another node");
+        true
     }
 
     fn fail_to_connect(

@@ -180,9 +180,11 @@ impl OpenWebSockets {
     }
 }
 
-/// On shutdown or upgrade: WebSockets get their close frames over the second half of the
-/// grace period (from 50 % to 90 % of it, evenly spread), so players do not all reconnect in
-/// the same second, and none is cut by the process exiting.
+/// On shutdown or upgrade: HTTP/1.1 responses close their connections from now on
+/// ([`crate::state::Shared::shutting_down`]); WebSockets get their close frames over the second
+/// half of the grace period (from 50 % to 90 % of it, evenly spread), so players do not all
+/// reconnect in the same second, and none is cut by the process exiting. (Idle keep-alive
+/// connections are closed at 50 % too, by `accept::Entry::cleanup`.)
 pub struct GracefulClose {
     shared: Arc<crate::state::Shared>,
 }
@@ -202,6 +204,9 @@ impl pingora_core::services::background::BackgroundService for GracefulClose {
                 return;
             }
         }
+        self.shared
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let grace = self.shared.snapshot().config.server.grace_period;
         let start = tokio::time::Instant::now() + grace / 2;
         tokio::time::sleep_until(start).await;
