@@ -28,10 +28,23 @@ static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 const NO_SECRETS: &str = "pingora_core=info,pingora_proxy=info,pingora_http=info,pingora_pool=info,\
                           pingora_rustls=info,h2=info,hyper=info,hyper_util=info,rustls=info,tungstenite=info";
 
+/// Lines the libraries write per request or per connection (a client gone mid-response or
+/// mid-handshake, a node's error answer, pingora's benign connection-pool race, issue #998), at
+/// ERROR and WARN.
+/// The access log and the metrics already show each of them, and the edge logs what an
+/// operator can act on (a node refusing connections, a node out of rotation) itself: they are
+/// off unless `log.level` names these targets again.
+const PER_REQUEST: &str = "pingora_proxy=off,pingora_core::connectors=off,pingora_core::apps=off";
+
 fn filter(log: &Log) -> EnvFilter {
     let spec = std::env::var("NAKAMA_EDGE_LOG").unwrap_or_else(|_| log.level.clone());
-    let capped = |spec: &str| EnvFilter::try_new(format!("{spec},{NO_SECRETS}"));
-    capped(&spec).unwrap_or_else(|_| capped("info").unwrap_or_else(|_| EnvFilter::new("info")))
+    let asked = |spec: &str| EnvFilter::try_new(format!("{PER_REQUEST},{spec}"));
+    asked(&spec).unwrap_or_else(|_| asked("info").unwrap_or_else(|_| EnvFilter::new("info")))
+}
+
+/// The second filter every line passes: [`NO_SECRETS`], whatever `log.level` asks for.
+fn no_secrets() -> EnvFilter {
+    EnvFilter::new(format!("trace,{NO_SECRETS}"))
 }
 
 /// Human or JSON, chosen per line from a switch that a reload flips.
@@ -73,6 +86,7 @@ pub fn init(log: &Log) {
         .with_writer(std::io::stderr);
     if tracing_subscriber::registry()
         .with(filter_layer)
+        .with(no_secrets())
         .with(fmt)
         .try_init()
         .is_ok()
@@ -120,4 +134,75 @@ pub fn access(
         alpn,
         "access"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(level: &str) -> Log {
+        Log {
+            level: level.to_string(),
+            format: LogFormat::Human,
+            access_log: true,
+        }
+    }
+
+    /// Whether an event of `target` at `level` passes the filter of `log.level = spec`.
+    fn passes(spec: &str, target: &str, level: tracing::Level) -> bool {
+        let subscriber = tracing_subscriber::registry()
+            .with(filter(&log(spec)))
+            .with(no_secrets());
+        let hit = std::sync::Arc::new(AtomicBool::new(false));
+        struct Probe(std::sync::Arc<AtomicBool>);
+        impl<S: Subscriber> tracing_subscriber::Layer<S> for Probe {
+            fn on_event(&self, _: &Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let subscriber = subscriber.with(Probe(hit.clone()));
+        tracing::subscriber::with_default(subscriber, || match (target, level) {
+            ("pingora_proxy", tracing::Level::ERROR) => {
+                tracing::error!(target: "pingora_proxy", "Fail to proxy")
+            }
+            ("pingora_core::connectors", tracing::Level::ERROR) => {
+                tracing::error!(target: "pingora_core::connectors", "failed to acquire reusable stream")
+            }
+            ("pingora_core::apps", tracing::Level::ERROR) => {
+                tracing::error!(target: "pingora_core::apps", "H2 handshake error")
+            }
+            ("pingora_core::server", tracing::Level::ERROR) => {
+                tracing::error!(target: "pingora_core::server", "cannot send the sockets")
+            }
+            ("nakama_edge::health_check", tracing::Level::WARN) => {
+                tracing::warn!(target: "nakama_edge::health_check", "node out")
+            }
+            ("pingora_proxy", tracing::Level::DEBUG) => {
+                tracing::debug!(target: "pingora_proxy", "a request head")
+            }
+            _ => unreachable!(),
+        });
+        hit.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn per_request_library_lines_are_off_by_default_and_can_be_asked_for() {
+        use tracing::Level;
+        assert!(!passes("info", "pingora_proxy", Level::ERROR));
+        assert!(!passes("info", "pingora_core::connectors", Level::ERROR));
+        assert!(!passes("info", "pingora_core::apps", Level::ERROR));
+        assert!(passes("info", "pingora_core::server", Level::ERROR));
+        assert!(passes("info", "nakama_edge::health_check", Level::WARN));
+        assert!(passes(
+            "info,pingora_proxy=warn",
+            "pingora_proxy",
+            Level::ERROR
+        ));
+        // Secrets stay out whatever is asked for.
+        assert!(!passes(
+            "debug,pingora_proxy=debug",
+            "pingora_proxy",
+            Level::DEBUG
+        ));
+    }
 }
