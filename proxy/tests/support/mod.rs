@@ -388,6 +388,14 @@ impl Edge {
     /// the running one hand its listening sockets over (SIGQUIT), and return the old process,
     /// which finishes its work and exits.
     pub fn upgrade(&mut self) -> Child {
+        let new = self.begin_upgrade();
+        self.complete_upgrade(new)
+    }
+
+    /// The first half of an upgrade: start the new process and wait until it is ready for the
+    /// sockets (it opens the upgrade socket once its first health checks are done). The old
+    /// process serves alone meanwhile.
+    pub fn begin_upgrade(&mut self) -> Child {
         let log = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.log_path)
@@ -408,9 +416,20 @@ impl Edge {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        new
+    }
+
+    /// The second half: the old process hands its sockets to `new` (SIGQUIT); returns the old
+    /// process, which finishes its work and exits.
+    pub fn complete_upgrade(&mut self, new: Child) -> Child {
         let old = std::mem::replace(&mut self.child, new);
         signal(&old, libc::SIGQUIT);
         old
+    }
+
+    /// Where this edge keeps its runtime state (`server.state_dir`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     /// This edge's ports, to start another on.
@@ -461,10 +480,11 @@ impl Edge {
             TEST_RATE_LIMIT
         };
         format!(
-            "[server]\nthreads = 1\ngrace_period = \"1s\"\nupgrade_socket = \"{upgrade}\"\n\n[listeners]\nhttps = \"{}\"\nhttp = \"{}\"\nadmin = \"{}\"\n{console}\n\
+            "[server]\nthreads = 1\ngrace_period = \"1s\"\nupgrade_socket = \"{upgrade}\"\nstate_dir = \"{state}\"\n\n[listeners]\nhttps = \"{}\"\nhttp = \"{}\"\nadmin = \"{}\"\n{console}\n\
              {tls}\n{health}\n{limits}\n{log}\n{sections}\n\n{nodes}",
             self.https, self.http, self.admin,
             upgrade = self.upgrade_socket().display(),
+            state = self.state_dir().display(),
         )
     }
 
@@ -783,4 +803,85 @@ pub async fn whoami_http(edge: &Edge, client: &reqwest::Client) -> Result<Value,
 
 pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
+}
+
+/// How a steady load went: answers by status, and every failure with when it happened.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub ok: u32,
+    pub failures: Vec<(Duration, String)>,
+}
+
+/// How a load's client connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connections {
+    /// A new TLS connection for every request.
+    Fresh,
+    /// Keep-alive HTTP/1.1 connections, reused.
+    KeepAliveH1,
+    /// HTTP/2 connections (ALPN), reused.
+    KeepAliveH2,
+}
+
+/// A steady load on `url` from `workers` concurrent loops until `stop` is set (bounded: at
+/// most 20,000 requests per worker).
+pub fn steady_load(
+    edge: &Edge,
+    url: &str,
+    workers: usize,
+    connections: Connections,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<LoadReport> {
+    let ca = reqwest::Certificate::from_pem(edge.certs.ca_pem.as_bytes()).unwrap();
+    let mut builder = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .tls_built_in_root_certs(false)
+        .resolve("localhost", edge.https)
+        .timeout(Duration::from_secs(10));
+    builder = match connections {
+        Connections::Fresh => builder.pool_max_idle_per_host(0),
+        Connections::KeepAliveH1 => builder.http1_only(),
+        Connections::KeepAliveH2 => builder,
+    };
+    let client = builder.build().unwrap();
+    let url = url.to_string();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let loops = (0..workers).map(|_| {
+            let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut report = LoadReport::default();
+                for _ in 0..20_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match client.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => match r.bytes().await {
+                            Ok(_) => report.ok += 1,
+                            Err(e) => report
+                                .failures
+                                .push((started.elapsed(), format!("body: {e:?}"))),
+                        },
+                        Ok(r) => {
+                            let status = r.status();
+                            let body = r.text().await.unwrap_or_default();
+                            report
+                                .failures
+                                .push((started.elapsed(), format!("{status} {}", body.trim())));
+                        }
+                        Err(e) => report.failures.push((started.elapsed(), format!("{e:?}"))),
+                    }
+                }
+                report
+            })
+        });
+        let mut total = LoadReport::default();
+        for l in loops.collect::<Vec<_>>() {
+            let r = l.await.unwrap();
+            total.ok += r.ok;
+            total.failures.extend(r.failures);
+        }
+        total.failures.sort_by_key(|f| f.0);
+        total
+    })
 }
