@@ -256,6 +256,9 @@ pub struct Timeouts {
     pub websocket_idle: Duration,
     /// Time allowed to connect to a node.
     pub upstream_connect: Duration,
+    /// Time allowed for a whole request body to arrive (else 408); bodies are read before a
+    /// node connection is taken for them.
+    pub request_body: Duration,
 }
 
 /// One problem in a config file, with its position (1-based).

@@ -133,4 +133,5 @@ pub(crate) struct RawTimeouts {
     pub http_idle: S<String>,
     pub websocket_idle: S<String>,
     pub upstream_connect: S<String>,
+    pub request_body: S<String>,
 }

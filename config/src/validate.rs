@@ -348,6 +348,12 @@ impl Checker<'_> {
                 Duration::from_secs(2),
                 true,
             ),
+            request_body: self.duration(
+                &t.request_body,
+                "timeouts.request_body",
+                Duration::from_secs(30),
+                true,
+            ),
         };
         if let Some(ws) = &t.websocket_idle {
             if timeouts.websocket_idle < Duration::from_secs(30) {
