@@ -152,6 +152,7 @@ impl ServerApp for Entry {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        crate::allocator::tend_this_thread();
         // The listeners are plain TCP, so every stream they hand over is an L4 stream.
         let mut l4 = *stream.into_any().downcast::<L4Stream>().ok()?;
         let snapshot = self.shared.snapshot();
@@ -218,7 +219,8 @@ impl ServerApp for Entry {
             }
         };
         let open = self.shared.metrics.connection_opened(self.listener.name());
-        let conn = ClientConn::new(stream, timeouts.request_header, Some(slot), Some(open));
+        let conn = ClientConn::new(stream, timeouts.request_header, Some(slot), Some(open))
+            .counted_in(self.shared.clone());
         self.http.process_new(Box::new(conn), shutdown).await
     }
 

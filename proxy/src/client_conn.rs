@@ -12,6 +12,12 @@
 //! Here the whole request head has a deadline, and an upgraded WebSocket an idle deadline of
 //! its own, separate from HTTP's keep-alive. HTTP/2 connections start in `Proxying`: their
 //! idle limit is pingora's `h2_idle_timeout`.
+//!
+//! An HTTP/1.x request head is also measured here as it arrives ([`HeadScan`]): a request line
+//! over [`MAX_HEAD_BYTES`] is answered 414, a head over it 431, by this connection itself,
+//! before pingora has buffered or parsed any of it (pingora would answer its own parse limits
+//! with 400). The rest of what the client sends is read and dropped for a moment
+//! ([`LINGER`]), so that it reads the answer instead of a reset.
 
 use std::fmt;
 use std::io;
@@ -33,6 +39,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::limits::ConnectionSlot;
 use crate::metrics::OpenConnection;
+use crate::state::Shared;
 use crate::ws_close::{close_frame, Closer, Frames};
 
 /// What the connection is doing, as far as its deadlines are concerned.
@@ -57,6 +64,73 @@ impl Phase {
     }
 }
 
+/// Nakama refuses request heads over 5 KiB; the edge refuses them first: 431 for a head, 414
+/// for a request line (method, target, version) that alone is over it.
+pub const MAX_HEAD_BYTES: usize = 5 * 1024;
+
+/// At most this many header lines (pingora parses 256 and would answer more with 400; Nakama's
+/// own clients send about ten).
+pub const MAX_HEADER_LINES: u32 = 200;
+
+/// After refusing a head, how long the rest of the client's bytes are read and dropped before
+/// the connection closes.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// Where an HTTP/1.x request head is, byte by byte, and whether it is still within limits.
+/// Lines end in LF, with or without CR (RFC 9112 §2.2); empty lines before the request line
+/// are skipped; the first empty line after it ends the head.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HeadScan {
+    /// Bytes of the head so far.
+    len: usize,
+    /// Lines finished so far (the request line is the first).
+    lines: u32,
+    /// Bytes in the current line, CRs aside.
+    line_len: usize,
+    /// The whole head is in: what follows is a body.
+    complete: bool,
+}
+
+impl HeadScan {
+    /// Account for `bytes` read from the client. `Err(status)`: the head is over the limits.
+    pub fn advance(&mut self, bytes: &[u8]) -> Result<(), u16> {
+        for &b in bytes {
+            if self.complete {
+                return Ok(());
+            }
+            self.len += 1;
+            match b {
+                b'\n' if self.line_len == 0 && self.lines > 0 => self.complete = true,
+                b'\n' if self.line_len == 0 => {}
+                b'\n' => {
+                    self.lines += 1;
+                    self.line_len = 0;
+                }
+                b'\r' => {}
+                _ => self.line_len += 1,
+            }
+            if self.len > MAX_HEAD_BYTES || self.lines > MAX_HEADER_LINES {
+                return Err(if self.lines > 0 { 431 } else { 414 });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A refused request head: the answer being written, then the client's bytes dropped.
+#[derive(Debug)]
+enum Refusal {
+    Writing { answer: &'static [u8], done: usize },
+    Lingering,
+}
+
+fn refusal_answer(status: u16) -> &'static [u8] {
+    match status {
+        414 => b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        _ => b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    }
+}
+
 /// A player's connection. Built by the accept path; reached from the request path with
 /// [`ClientConn::of`].
 pub struct ClientConn {
@@ -75,6 +149,13 @@ pub struct ClientConn {
     frames: Frames,
     closer: Arc<Closer>,
     close: Close,
+    /// The HTTP/1.x head being read; `None` for HTTP/2.
+    head: Option<HeadScan>,
+    refusal: Option<Refusal>,
+    /// Where refused heads are counted.
+    shared: Option<Arc<Shared>>,
+    /// Bytes read again before the stream's: a request whose body the edge read first.
+    replayed: Option<bytes::Bytes>,
 }
 
 /// Progress of a requested close frame.
@@ -119,7 +200,23 @@ impl ClientConn {
             frames: Frames::default(),
             closer: Arc::default(),
             close: Close::Open,
+            head: (!h2).then(HeadScan::default),
+            refusal: None,
+            shared: None,
+            replayed: None,
         }
+    }
+
+    /// Have the next reads return `bytes` before anything more from the client: a request
+    /// (head and body) the edge has already read, handed to a new HTTP session.
+    pub fn replay(&mut self, bytes: bytes::Bytes) {
+        self.replayed = Some(bytes);
+    }
+
+    /// Count refused heads (414, 431) in `shared`'s metrics.
+    pub fn counted_in(mut self, shared: Arc<Shared>) -> ClientConn {
+        self.shared = Some(shared);
+        self
     }
 
     /// The connection under a pingora stream, if the accept path made it.
@@ -160,6 +257,11 @@ impl ClientConn {
             self.seen_phase = phase;
             // A new head is timed from its first byte; a new WebSocket from its upgrade.
             self.since = (phase == Phase::WebSocket).then(Instant::now);
+            if phase == Phase::AwaitingHeader {
+                if let Some(head) = self.head.as_mut() {
+                    *head = HeadScan::default();
+                }
+            }
             if phase == Phase::WebSocket {
                 self.frames = Frames::default();
             }
@@ -227,12 +329,70 @@ impl ClientConn {
 
 use std::future::Future as _;
 
+impl ClientConn {
+    /// Answer a refused head, then read and drop what the client still sends until it stops,
+    /// [`LINGER`] passes or a megabyte is dropped; then the read fails and the connection ends.
+    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let refused = || io::Error::new(io::ErrorKind::InvalidData, "request head over the limits");
+        loop {
+            match self.refusal {
+                Some(Refusal::Writing { answer, done }) if done < answer.len() => {
+                    let n = std::task::ready!(
+                        Pin::new(&mut self.inner).poll_write(cx, &answer[done..])
+                    )?;
+                    self.refusal = Some(Refusal::Writing {
+                        answer,
+                        done: done + n,
+                    });
+                }
+                Some(Refusal::Writing { .. }) => {
+                    std::task::ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+                    self.refusal = Some(Refusal::Lingering);
+                    self.since = Some(Instant::now());
+                    self.timer.as_mut().reset(Instant::now() + LINGER);
+                    self.timer_at = None;
+                }
+                Some(Refusal::Lingering) => {
+                    let mut dropped = 0usize;
+                    let mut scratch = [0u8; 4096];
+                    while dropped < 1 << 20 {
+                        if self.timer.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Err(refused()));
+                        }
+                        let mut buf = ReadBuf::new(&mut scratch);
+                        match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                            Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                                dropped += buf.filled().len()
+                            }
+                            Poll::Pending => return Poll::Pending,
+                            _ => return Poll::Ready(Err(refused())),
+                        }
+                    }
+                    return Poll::Ready(Err(refused()));
+                }
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
 impl AsyncRead for ClientConn {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.refusal.is_some() {
+            return self.poll_refusal(cx);
+        }
+        if let Some(replayed) = self.replayed.as_mut() {
+            let n = replayed.len().min(buf.remaining());
+            buf.put_slice(&replayed.split_to(n));
+            if replayed.is_empty() {
+                self.replayed = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
         if let Err(e) = self.check_deadline(cx) {
             return Poll::Ready(Err(e));
         }
@@ -253,6 +413,27 @@ impl AsyncRead for ClientConn {
                     }
                     Phase::WebSocket => self.since = Some(Instant::now()),
                     _ => {}
+                }
+                if self.seen_phase == Phase::AwaitingHeader {
+                    let this = &mut *self;
+                    if let Some(Err(status)) = this
+                        .head
+                        .as_mut()
+                        .map(|h| h.advance(&buf.filled()[before..]))
+                    {
+                        // Pingora sees nothing of this head: the answer is ours.
+                        buf.set_filled(before);
+                        if let Some(shared) = &this.shared {
+                            shared
+                                .metrics
+                                .request(status, crate::route::Route::Api, "none", 0.0);
+                        }
+                        this.refusal = Some(Refusal::Writing {
+                            answer: refusal_answer(status),
+                            done: 0,
+                        });
+                        return this.poll_refusal(cx);
+                    }
                 }
             }
         }
@@ -368,6 +549,76 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         let stream: Stream = Box::new(L4Stream::from(server));
         (ClientConn::new(stream, request_header, None, None), client)
+    }
+
+    #[test]
+    fn head_scan_limits_the_request_line_then_the_head() {
+        let mut h = HeadScan::default();
+        assert_eq!(
+            h.advance(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\nbody after the head"),
+            Ok(())
+        );
+        assert!(h.complete);
+        let mut lf = HeadScan::default();
+        assert_eq!(lf.advance(b"\r\nGET /x HTTP/1.1\nHost: a\n\n"), Ok(()));
+        assert!(
+            lf.complete,
+            "bare LFs, and an empty line before the request line"
+        );
+        // Whatever follows the head is a body, not counted.
+        assert_eq!(h.advance(&[b'x'; 100_000]), Ok(()));
+
+        let mut long_target = HeadScan::default();
+        let line = format!("GET /{} HTTP/1.1\r\n", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(long_target.advance(line.as_bytes()), Err(414));
+
+        let mut big_head = HeadScan::default();
+        let head = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
+            "b".repeat(MAX_HEAD_BYTES)
+        );
+        assert_eq!(big_head.advance(head.as_bytes()), Err(431));
+
+        // Byte by byte, exactly at the limit: fine; one more: refused.
+        let mut edge = HeadScan::default();
+        let fits = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
+            "c".repeat(MAX_HEAD_BYTES - 23)
+        );
+        assert_eq!(fits.len(), MAX_HEAD_BYTES);
+        for b in fits.as_bytes() {
+            assert_eq!(edge.advance(&[*b]), Ok(()));
+        }
+        assert!(edge.complete);
+        let mut over = HeadScan::default();
+        let too_big = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
+            "c".repeat(MAX_HEAD_BYTES - 22)
+        );
+        assert_eq!(over.advance(too_big.as_bytes()), Err(431));
+
+        let mut many = HeadScan::default();
+        let mut head = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..MAX_HEADER_LINES {
+            head.push_str(&format!("h{i}:1\r\n"));
+        }
+        assert_eq!(
+            many.advance(head.as_bytes()),
+            Err(431),
+            "the request line and 200 headers"
+        );
+    }
+
+    #[tokio::test]
+    async fn replayed_bytes_come_before_the_clients() {
+        let (mut conn, mut client) = pair(Duration::from_secs(10)).await;
+        conn.start_proxying();
+        conn.replay(bytes::Bytes::from_static(b"replayed "));
+        client.write_all(b"then live").await.unwrap();
+        drop(client);
+        let mut all = Vec::new();
+        conn.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"replayed then live");
     }
 
     #[tokio::test(start_paused = true)]

@@ -18,7 +18,9 @@
 //! | [`client_conn`] | a player's connection: header and WebSocket-idle deadlines, its slot |
 //! | [`proxy_protocol`] | PROXY protocol v1/v2 from trusted load balancers |
 //! | [`limits`] | per-client rate and connection limits |
+//! | [`retry_budget`] | how many requests may be retried on another node |
 //! | [`route`] | what a request is, from its head |
+//! | [`headers`] | which headers cross the edge: address claims and hop-by-hop headers stopped |
 //! | [`pool`] | nodes, their state, and node selection |
 //! | [`health_check`] | active health checks, and the first round before serving |
 //! | [`drains`] | runtime drains, kept in `server.state_dir` across restarts and upgrades |
@@ -30,13 +32,16 @@
 //! | [`admin`] | the admin API |
 //! | [`metrics`] | Prometheus metrics |
 //! | [`logging`] | log level and format, the access log |
+//! | [`allocator`] | giving memory back after a burst: worker threads flush their allocator caches |
 
 pub mod accept;
 pub mod acme;
 pub mod admin;
+pub mod allocator;
 pub mod client_conn;
 pub mod drains;
 pub mod firewall;
+pub mod headers;
 pub mod health_check;
 pub mod limits;
 pub mod logging;
@@ -45,6 +50,7 @@ pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
+pub mod retry_budget;
 pub mod route;
 pub mod server;
 pub mod state;

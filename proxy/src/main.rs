@@ -13,6 +13,24 @@ use nakama_edge::server::{run, RunOptions};
 use nakama_edge::state::ConfigSource;
 use nakama_edge_config::{parse_duration, Config, ConfigError};
 
+/// jemalloc, whose background thread gives freed memory back to the system: after a burst of
+/// connections the resident size comes back down, where glibc's malloc kept what the burst
+/// took (benches/memory-burst.sh).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings (its `malloc_conf`, a C string, read at its first allocation): pages
+/// freed for a second are given back at once with `MADV_DONTNEED` (`muzzy_decay_ms:0`), not
+/// parked with `MADV_FREE`, which the kernel leaves counted in the resident size until it
+/// runs short. `_RJEM_MALLOC_CONF` in the environment still overrides. (Each worker thread
+/// also flushes its own cache: `nakama_edge::allocator`.)
+#[cfg(target_os = "linux")]
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+static malloc_conf: Option<&'static u8> =
+    Some(&b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0]);
+
 #[derive(Parser)]
 #[command(
     name = "nakama-edge",

@@ -75,6 +75,7 @@ pub struct Metrics {
     certificate_expiry: GaugeVec,
     upstream_connect_failures: IntCounterVec,
     upstream_retries: IntCounterVec,
+    retries_over_budget: IntCounter,
     health_checks: IntCounterVec,
     health_check_duration: HistogramVec,
     in_flight: IntGauge,
@@ -263,6 +264,11 @@ impl Metrics {
             "node",
         )
         .map_err(metric_error)?;
+        let retries_over_budget = IntCounter::new(
+            "nakama_edge_retries_over_budget_total",
+            "Failed requests not retried on another node because the retry budget (20 % of requests, at least 10 a second) was spent.",
+        )
+        .map_err(metric_error)?;
         let health_checks = IntCounterVec::new(
             Opts::new(
                 "nakama_edge_health_checks_total",
@@ -354,6 +360,7 @@ impl Metrics {
         for c in [
             Box::new(upstream_connect_failures.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_retries.clone()),
+            Box::new(retries_over_budget.clone()),
             Box::new(health_checks.clone()),
             Box::new(health_check_duration.clone()),
             Box::new(in_flight.clone()),
@@ -408,6 +415,7 @@ impl Metrics {
             certificate_expiry,
             upstream_connect_failures,
             upstream_retries,
+            retries_over_budget,
             health_checks,
             health_check_duration,
             in_flight,
@@ -429,6 +437,11 @@ impl Metrics {
     /// A request `node` failed is retried elsewhere.
     pub fn upstream_retry(&self, node: &str) {
         self.upstream_retries.with_label_values(&[node]).inc();
+    }
+
+    /// A failed request that the retry budget did not let go to another node.
+    pub fn retry_over_budget(&self) {
+        self.retries_over_budget.inc();
     }
 
     /// One active health check of `node`.

@@ -3,6 +3,8 @@
 //! ```text
 //!   request_filter ── classify ──► Acme/Redirect: answered here
 //!        │            WebSocket upgrade (HTTP/1.1): the edge's own path, see `tunnel`
+//!        │            a body: read in full first, within timeouts.request_body (else 408),
+//!        │            so that a slow client never holds a node connection
 //!        │
 //!   upstream_peer ── WebSocket: hash ring on the user id (else client IP)
 //!        │           gRPC: round-robin over nodes with a gRPC address
@@ -22,20 +24,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header;
 use nakama_edge_config::StickyKey;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, ProxyWarnLogContext, Session};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::client_conn::ClientConn;
+use crate::client_conn::{ClientConn, MAX_HEAD_BYTES};
 use crate::firewall::canonical;
+use crate::headers;
 use crate::limits::{client_key, is_auth_path, retry_after_secs, Limited};
 use crate::logging;
 use crate::metrics::InFlight;
@@ -45,18 +48,6 @@ use crate::state::{Shared, Snapshot};
 use crate::token;
 use crate::tunnel;
 use crate::ws_close::GOING_AWAY;
-
-/// Headers that carry a client address to Nakama or to something behind it. Players must
-/// not be able to set them: the edge writes X-Forwarded-For itself.
-const CLIENT_IP_HEADERS: [&str; 7] = [
-    "x-forwarded-for",
-    "x-real-ip",
-    "forwarded",
-    "cf-connecting-ip",
-    "true-client-ip",
-    "x-client-ip",
-    "x-cluster-client-ip",
-];
 
 /// The proxy logic of one listener.
 pub struct Edge {
@@ -82,11 +73,25 @@ pub struct Ctx {
     websocket: Option<Counted>,
     /// When the node's response header arrived: nothing is retried after it.
     answered_at: Option<Instant>,
+    /// Where the request's body is.
+    body: Body,
     /// Request body bytes seen so far.
     body_bytes: u64,
     /// The status the edge's own WebSocket path answered with (pingora's session did not).
     tunneled: Option<u16>,
     _counted: InFlight,
+}
+
+/// Where a request's body is, as far as the edge is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// None, or not the edge's business (a route that is not proxied to a node).
+    Untouched,
+    /// Read in full before a node was picked; pingora sends it from memory.
+    ReadFirst,
+    /// Sent on to the node as it arrives, as it must be complete by `deadline`: an HTTP/2 body
+    /// of unknown length or over [`RETRY_BUFFER_BYTES`], which pingora cannot hold.
+    Streamed { deadline: Instant },
 }
 
 impl Ctx {
@@ -122,6 +127,7 @@ impl ProxyHttp for Edge {
             in_flight: None,
             websocket: None,
             answered_at: None,
+            body: Body::Untouched,
             body_bytes: 0,
             tunneled: None,
             _counted: self.shared.metrics.request_started(),
@@ -129,7 +135,8 @@ impl ProxyHttp for Edge {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let config = &ctx.snapshot.config;
+        let snapshot = ctx.snapshot.clone();
+        let config = &snapshot.config;
         ctx.route = classify(
             session.req_header(),
             self.listener,
@@ -138,6 +145,9 @@ impl ProxyHttp for Edge {
         );
         if let Some(limited) = self.over_rate_limit(session, ctx) {
             return limited.respond(session).await;
+        }
+        if matches!(ctx.route, Route::Api | Route::Grpc | Route::Console) {
+            read_body_first(session, ctx).await?;
         }
         match ctx.route {
             Route::Acme => {
@@ -187,6 +197,8 @@ impl ProxyHttp for Edge {
         if ctx.node.is_some() {
             // A retry: the previous node failed this request.
             self.shared.metrics.upstream_retry(ctx.node_name());
+        } else {
+            self.shared.retry_budget.record_request();
         }
         let picked = match ctx.route {
             Route::WebSocket => pick_sticky(session, &snapshot, ctx.tried),
@@ -215,10 +227,12 @@ impl ProxyHttp for Edge {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
-        for name in CLIENT_IP_HEADERS {
-            upstream.remove_header(name);
+        headers::strip_request(upstream, ctx.route == Route::Grpc);
+        if ctx.body == Body::ReadFirst {
+            // The player was told to go on (100 Continue) and the body is here already.
+            upstream.remove_header(&header::EXPECT);
         }
         if let Some(ip) = client_ip(session) {
             upstream.insert_header("x-forwarded-for", ip.to_string())?;
@@ -240,6 +254,7 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.answered_at = Some(Instant::now());
+        headers::strip_response(upstream);
         if upstream.status == http::StatusCode::SWITCHING_PROTOCOLS && ctx.route == Route::WebSocket
         {
             if let Some(node) = ctx.node.and_then(|i| ctx.snapshot.pool.nodes.get(i)) {
@@ -260,11 +275,23 @@ impl ProxyHttp for Edge {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if ctx.websocket.is_none() {
-            // Chunked bodies announce no length: count them as they stream.
-            ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
-            if ctx.body_bytes > MAX_BODY_BYTES {
-                return Err(status_error(413, "request body over 256 KiB"));
+        match ctx.body {
+            // Counted and bounded as it was read.
+            Body::ReadFirst => {}
+            _ if ctx.websocket.is_some() => {}
+            Body::Streamed { deadline } if Instant::now() > deadline => {
+                session.set_keepalive(None);
+                return Err(status_error(
+                    408,
+                    "request body not complete within timeouts.request_body",
+                ));
+            }
+            _ => {
+                // Chunked bodies announce no length: count them as they stream.
+                ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+                if ctx.body_bytes > MAX_BODY_BYTES {
+                    return Err(status_error(413, "request body over 256 KiB"));
+                }
             }
         }
         self.close_if_drain_expired(session, ctx)
@@ -338,8 +365,8 @@ impl ProxyHttp for Edge {
         if let Some(node) = ctx.node.and_then(|i| ctx.snapshot.pool.nodes.get(i)) {
             self.connect_failed(node, &e);
         }
-        // Nothing reached the node, so any request may go to another one.
-        e.set_retry(true);
+        // Nothing reached the node, so any request may go to another one, budget permitting.
+        e.set_retry(self.within_retry_budget());
         e
     }
 
@@ -352,11 +379,14 @@ impl ProxyHttp for Edge {
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("node {} at {peer}", ctx.node_name()));
-        // A request may be sent again only if the node has not started answering it, it is
-        // idempotent, and its body (if any) can be replayed in full.
-        let retry = ctx.answered_at.is_none()
+        // A request may be sent again only if the node failed it (not the player, who may
+        // have cancelled it or gone away) before it started answering, it is idempotent, its
+        // body (if any) can be replayed in full, and the retry budget allows.
+        let retry = *e.esource() == ErrorSource::Upstream
+            && ctx.answered_at.is_none()
             && session.req_header().method.is_idempotent()
-            && !session.as_ref().retry_buffer_truncated();
+            && !session.as_ref().retry_buffer_truncated()
+            && self.within_retry_budget();
         e.set_retry(retry);
         e
     }
@@ -481,6 +511,16 @@ impl Edge {
         }
     }
 
+    /// Whether a failed request may go to another node: within the retry budget (counted
+    /// when not).
+    fn within_retry_budget(&self) -> bool {
+        let within = self.shared.retry_budget.try_retry();
+        if !within {
+            self.shared.metrics.retry_over_budget();
+        }
+        within
+    }
+
     /// A node refused (or did not take) a connection: counted, and out of rotation at once.
     fn connect_failed(&self, node: &Node, e: &dyn std::fmt::Display) {
         self.shared
@@ -499,14 +539,13 @@ impl Edge {
     async fn upgrade_websocket(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let snapshot = ctx.snapshot.clone();
         let client = client_ip(session);
-        let head = tunnel::request_head(
-            session.req_header(),
-            client,
-            self.forwarded_proto(),
-            &CLIENT_IP_HEADERS,
-        );
+        let head = tunnel::request_head(session.req_header(), client, self.forwarded_proto());
+        self.shared.retry_budget.record_request();
         let (i, mut stream, mut answer) = loop {
             if ctx.node.is_some() {
+                if !self.within_retry_budget() {
+                    return Err(status_error(502, "the retry budget is spent"));
+                }
                 self.shared.metrics.upstream_retry(ctx.node_name());
             }
             let Some(i) = pick_sticky(session, &snapshot, ctx.tried) else {
@@ -561,6 +600,7 @@ impl Edge {
                 )
             })?;
             session.set_keepalive(None);
+            headers::strip_response(&mut answer.header);
             session
                 .write_response_header(Box::new(answer.header), false)
                 .await?;
@@ -641,10 +681,126 @@ async fn take_client_stream(session: &mut Session) -> Result<Stream> {
     }
 }
 
-/// Nakama refuses request heads over 5 KiB; the edge refuses them first, with 431.
-const MAX_HEAD_BYTES: usize = 5 * 1024;
 /// Nakama refuses bodies over 256 KiB; the edge refuses them first, with 413.
 const MAX_BODY_BYTES: u64 = 256 * 1024;
+
+/// The body pingora's session keeps for a retry and sends from memory (its private
+/// `BODY_BUF_LIMIT`). Bodies up to this size are read first on HTTP/1.1 and HTTP/2 alike.
+const RETRY_BUFFER_BYTES: u64 = 64 * 1024;
+
+/// Read a request's body in full before a node is picked, as nginx buffers requests: a client
+/// that trickles its body holds no node connection, and must finish within
+/// `timeouts.request_body` (else 408, and the connection closes). HTTP/1.1 bodies of any size
+/// (up to 256 KiB) and HTTP/2 bodies of a declared length up to [`RETRY_BUFFER_BYTES`] are read
+/// here; other HTTP/2 bodies stream to the node under the same deadline ([`Body::Streamed`]).
+async fn read_body_first(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+    if session.as_downstream_mut().is_body_empty() {
+        return Ok(());
+    }
+    let deadline = Instant::now() + ctx.snapshot.config.timeouts.request_body;
+    let req = session.req_header();
+    let length = req
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let fits_retry_buffer = length.is_some_and(|n| n <= RETRY_BUFFER_BYTES);
+    if session.is_http2() && !fits_retry_buffer {
+        ctx.body = Body::Streamed { deadline };
+        return Ok(());
+    }
+    let expects_continue = req
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let downstream = session.as_downstream_mut();
+    if expects_continue && !downstream.is_http2() {
+        downstream
+            .write_response_header(Box::new(ResponseHeader::build(100, Some(0))?))
+            .await?;
+    }
+    downstream.enable_retry_buffering();
+    // What pingora's retry buffer cannot hold is kept here, to be replayed to a new session.
+    // It grows with what arrives: a declared length is a claim, not memory to hand out.
+    let mut kept = (!fits_retry_buffer).then(BytesMut::new);
+    let too_slow = || {
+        status_error(
+            408,
+            "request body not complete within timeouts.request_body",
+        )
+    };
+    loop {
+        let read = tokio::time::timeout_at(
+            tokio::time::Instant::from_std(deadline),
+            session.as_downstream_mut().read_request_body(),
+        )
+        .await;
+        let chunk = match read {
+            Ok(chunk) => chunk?,
+            Err(_) => {
+                session.set_keepalive(None);
+                return Err(too_slow());
+            }
+        };
+        let Some(chunk) = chunk else { break };
+        ctx.body_bytes += chunk.len() as u64;
+        if ctx.body_bytes > MAX_BODY_BYTES {
+            session.set_keepalive(None);
+            return Err(status_error(413, "request body over 256 KiB"));
+        }
+        if let Some(kept) = kept.as_mut() {
+            kept.extend_from_slice(&chunk);
+        }
+    }
+    ctx.body = Body::ReadFirst;
+    match kept {
+        Some(body) if ctx.body_bytes > RETRY_BUFFER_BYTES => {
+            replay_request(session, body.freeze()).await
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Hand pingora a new HTTP/1.1 session that reads this request (head and the body already
+/// read) from memory, then the client's stream. The connection closes after the answer: any
+/// pipelined request the old session had read ahead is not carried over.
+async fn replay_request(session: &mut Session, body: Bytes) -> Result<()> {
+    let chunked = session
+        .req_header()
+        .headers
+        .contains_key(header::TRANSFER_ENCODING);
+    let head = session.as_downstream().to_h1_raw();
+    let mut replayed = BytesMut::with_capacity(head.len() + body.len() + 32);
+    replayed.extend_from_slice(&head);
+    if chunked {
+        // One chunk, then the last.
+        replayed.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+        replayed.extend_from_slice(&body);
+        replayed.extend_from_slice(b"\r\n0\r\n\r\n");
+    } else {
+        replayed.extend_from_slice(&body);
+    }
+    let Some(stream) = session.as_downstream().stream() else {
+        return Err(status_error(500, "no client stream to replay"));
+    };
+    let placeholder = ServerSession::new_http1(Box::new(tunnel::Replay::new(Bytes::new(), stream)));
+    let taken = std::mem::replace(&mut *session.downstream_session, placeholder);
+    let ServerSession::H1(v1) = taken else {
+        *session.downstream_session = taken;
+        return Err(status_error(500, "only HTTP/1.1 bodies are replayed"));
+    };
+    let mut conn = v1
+        .into_inner()
+        .into_any()
+        .downcast::<ClientConn>()
+        .map_err(|_| status_error(500, "the client stream is not the edge's"))?;
+    conn.replay(replayed.freeze());
+    let mut fresh = ServerSession::new_http1(conn);
+    fresh.read_request().await?;
+    fresh.set_keepalive(None);
+    *session.downstream_session = fresh;
+    Ok(())
+}
 
 /// Whether a request head may be proxied: within Nakama's size limits, and framed in one
 /// unambiguous way (the request-smuggling vectors: Content-Length beside Transfer-Encoding,
@@ -657,6 +813,11 @@ fn head_is_acceptable(req: &RequestHeader) -> Result<(), u16> {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>();
+    // HTTP/1.x heads are measured as they arrive (client_conn::HeadScan); this catches
+    // HTTP/2's, whose size is known only once decoded.
+    if req.raw_path().len() > MAX_HEAD_BYTES {
+        return Err(414);
+    }
     if head > MAX_HEAD_BYTES {
         return Err(431);
     }

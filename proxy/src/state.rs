@@ -110,6 +110,8 @@ pub struct Shared {
     pub websockets: crate::ws_close::OpenWebSockets,
     /// Nodes drained at runtime (admin API, CLI), kept in `server.state_dir`.
     pub drains: Drains,
+    /// How many failed requests may still be retried on another node.
+    pub retry_budget: crate::retry_budget::RetryBudget,
 }
 
 impl Shared {
@@ -139,6 +141,7 @@ impl Shared {
             reloaded: Notify::new(),
             websockets: Default::default(),
             drains,
+            retry_budget: Default::default(),
         })
     }
 

@@ -32,12 +32,13 @@ use pingora_core::protocols::{
 };
 use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+
+use crate::headers;
 
 /// The largest response head a node may send to an upgrade request.
-const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+pub const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 /// The largest body of a refused upgrade (Nakama's are a few hundred bytes of JSON).
-const MAX_REFUSAL_BODY: usize = 256 * 1024;
+pub const MAX_REFUSAL_BODY: usize = 256 * 1024;
 /// The per-thread buffer every tunnel on the thread reads through.
 const SCRATCH_BYTES: usize = 16 * 1024;
 
@@ -45,14 +46,10 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
 }
 
-/// The request head sent to the node: the client's, minus `dropped` headers, plus
-/// X-Forwarded-For (the client's address) and X-Forwarded-Proto.
-pub fn request_head(
-    req: &RequestHeader,
-    client: Option<IpAddr>,
-    proto: &str,
-    dropped: &[&str],
-) -> Vec<u8> {
+/// The request head sent to the node: the client's, minus address claims and hop-by-hop
+/// headers other than the upgrade's own (see [`crate::headers`]), plus X-Forwarded-For (the
+/// client's address) and X-Forwarded-Proto.
+pub fn request_head(req: &RequestHeader, client: Option<IpAddr>, proto: &str) -> Vec<u8> {
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut head = Vec::with_capacity(512 + path.len());
     head.extend_from_slice(req.method.as_str().as_bytes());
@@ -60,9 +57,13 @@ pub fn request_head(
     head.extend_from_slice(path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers.iter() {
-        if dropped
-            .iter()
-            .any(|d| name.as_str().eq_ignore_ascii_case(d))
+        // The upgrade's own Connection and Upgrade go to the node; no other hop-by-hop
+        // header, and no address claim, does.
+        let name_str = name.as_str();
+        if headers::claims_address(name_str)
+            || (headers::is_hop_by_hop(name_str)
+                && name_str != "connection"
+                && name_str != "upgrade")
         {
             continue;
         }
@@ -111,8 +112,8 @@ fn bad_answer(why: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why.into())
 }
 
-/// Read the node's response head.
-pub async fn read_answer(node: &mut TcpStream) -> io::Result<Answer> {
+/// Read the node's response head (at most 16 KiB, 64 headers).
+pub async fn read_answer<R: AsyncRead + Unpin>(node: &mut R) -> io::Result<Answer> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         if node.read_buf(&mut buf).await? == 0 {
@@ -159,8 +160,8 @@ pub async fn read_answer(node: &mut TcpStream) -> io::Result<Answer> {
 }
 
 impl Answer {
-    /// The body of a refusal (any answer but 101), read to its end.
-    pub async fn body(&mut self, node: &mut TcpStream) -> io::Result<Bytes> {
+    /// The body of a refusal (any answer but 101), read to its end (at most 256 KiB).
+    pub async fn body<R: AsyncRead + Unpin>(&mut self, node: &mut R) -> io::Result<Bytes> {
         let mut body = std::mem::take(&mut self.after_head);
         match self.framing {
             Framing::Chunked => return Err(bad_answer("chunked answer to an upgrade")),
@@ -455,18 +456,16 @@ mod tests {
         req.insert_header("host", "play.example.com").unwrap();
         req.insert_header("upgrade", "websocket").unwrap();
         req.insert_header("x-forwarded-for", "6.6.6.6").unwrap();
-        let head = request_head(
-            &req,
-            Some("127.0.0.2".parse().unwrap()),
-            "https",
-            &["x-forwarded-for"],
-        );
+        req.insert_header("x_real_ip", "6.6.6.7").unwrap();
+        req.insert_header("keep-alive", "timeout=300").unwrap();
+        let head = request_head(&req, Some("127.0.0.2".parse().unwrap()), "https");
         let text = String::from_utf8(head).unwrap();
         assert!(text.starts_with("GET /ws?token=abc&status=true HTTP/1.1\r\n"));
         assert!(text.contains("host: play.example.com\r\n"));
         assert!(text.contains("upgrade: websocket\r\n"));
         assert!(text.contains("x-forwarded-for: 127.0.0.2\r\n"));
-        assert!(!text.contains("6.6.6.6"));
+        assert!(!text.contains("6.6.6.6") && !text.contains("6.6.6.7"));
+        assert!(!text.contains("keep-alive"));
         assert!(text.ends_with("x-forwarded-proto: https\r\n\r\n"));
     }
 
@@ -478,7 +477,7 @@ mod tests {
                 let _ = s.write_all(wire).await;
             }
         });
-        let mut node = TcpStream::connect(addr).await?;
+        let mut node = tokio::net::TcpStream::connect(addr).await?;
         let mut answer = read_answer(&mut node).await?;
         let body = if answer.status == 101 {
             Bytes::new()

@@ -29,6 +29,9 @@ struct Node {
     healthy: AtomicBool,
     websockets: AtomicI64,
     requests: AtomicU64,
+    health_checks: AtomicU64,
+    /// TCP connections open now (the edge's pooled and in-use connections to this node).
+    connections: AtomicI64,
 }
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -110,6 +113,8 @@ async fn main() -> anyhow::Result<()> {
         healthy: AtomicBool::new(true),
         websockets: AtomicI64::new(0),
         requests: AtomicU64::new(0),
+        health_checks: AtomicU64::new(0),
+        connections: AtomicI64::new(0),
     });
     let http = TcpListener::bind(args.listen)
         .await
@@ -158,10 +163,13 @@ async fn serve(listener: TcpListener, node: Arc<Node>) {
         let _ = stream.set_nodelay(true);
         let node = node.clone();
         tokio::spawn(async move {
+            node.connections.fetch_add(1, Ordering::Relaxed);
+            let counted = node.clone();
             let service = hyper::service::service_fn(move |req| handle(node.clone(), req));
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
+            counted.connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
@@ -193,8 +201,11 @@ fn basic_ok(node: &Node, req: &Request<Incoming>) -> bool {
 
 async fn handle(node: Arc<Node>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
-    // Requests as Nakama would see them; the test-control endpoints are not counted.
-    if !path.starts_with("/standin/") {
+    // Requests as Nakama would see them; health checks and the test-control endpoints are
+    // counted apart.
+    if path == "/healthcheck" {
+        node.health_checks.fetch_add(1, Ordering::Relaxed);
+    } else if !path.starts_with("/standin/") {
         node.requests.fetch_add(1, Ordering::Relaxed);
     }
     let is_grpc = req
@@ -230,6 +241,8 @@ async fn handle(node: Arc<Node>, mut req: Request<Incoming>) -> Result<Response<
                 "node": node.name,
                 "websockets": node.websockets.load(Ordering::Relaxed),
                 "requests": node.requests.load(Ordering::Relaxed),
+                "health_checks": node.health_checks.load(Ordering::Relaxed),
+                "connections": node.connections.load(Ordering::Relaxed),
             }),
         ),
         (Method::POST, "/v2/account/authenticate/device") => authenticate_device(&node, req).await,
@@ -238,9 +251,16 @@ async fn handle(node: Arc<Node>, mut req: Request<Incoming>) -> Result<Response<
             // Nakama reads the payload before running the function.
             let id = p["/v2/rpc/".len()..].to_string();
             let (parts, body) = req.into_parts();
-            let _ = body.collect().await;
+            let body_bytes = body.collect().await.map_or(0, |b| b.to_bytes().len());
             let req = Request::from_parts(parts, ());
-            rpc(&node, &req, &id)
+            if id == "slow" {
+                // A function that takes a while (a database call, say): ?ms=, default 1000.
+                let ms = query_param(&req, "ms")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1000);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            rpc(&node, &req, &id, body_bytes)
         }
         (Method::GET, "/ws") => websocket(node.clone(), &mut req),
         _ => error(StatusCode::NOT_FOUND, "not found"),
@@ -309,7 +329,7 @@ async fn refresh(node: &Node, req: Request<Incoming>) -> Response<Body> {
     session(node, uid, usn, false)
 }
 
-fn whoami<B>(node: &Node, req: &Request<B>, uid: Option<&str>) -> String {
+fn whoami<B>(node: &Node, req: &Request<B>, uid: Option<&str>, body_bytes: usize) -> String {
     let h = |name: &str| {
         req.headers()
             .get(name)
@@ -324,23 +344,50 @@ fn whoami<B>(node: &Node, req: &Request<B>, uid: Option<&str>) -> String {
         "x_real_ip": h("x-real-ip"),
         "forwarded": h("forwarded"),
         "cf_connecting_ip": h("cf-connecting-ip"),
+        // Every header as the node received it, and the body's size.
+        "headers": req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned().into()))
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
+        "body_bytes": body_bytes,
     })
     .to_string()
 }
 
-fn rpc<B>(node: &Node, req: &Request<B>, id: &str) -> Response<Body> {
+fn rpc<B>(node: &Node, req: &Request<B>, id: &str, body_bytes: usize) -> Response<Body> {
     let claims = bearer(req).and_then(|t| token::verify(&node.session_key, t));
     let http_key_ok = query_param(req, "http_key") == Some("defaulthttpkey");
     if claims.is_none() && !http_key_ok {
         return error(StatusCode::UNAUTHORIZED, "Auth token or HTTP key required");
     }
     match id {
-        "whoami" => {
+        "whoami" | "slow" => {
             let uid = claims.as_ref().and_then(|c| c["uid"].as_str());
             json(
                 StatusCode::OK,
-                serde_json::json!({"id": "whoami", "payload": whoami(node, req, uid)}),
+                serde_json::json!({"id": id, "payload": whoami(node, req, uid, body_bytes)}),
             )
+        }
+        // An answer carrying hop-by-hop headers, as some servers and proxies behind Nakama
+        // write them: none of them may reach a player.
+        "hop_by_hop" => {
+            let mut resp = json(
+                StatusCode::OK,
+                serde_json::json!({"id": id, "payload": "{}"}),
+            );
+            let h = resp.headers_mut();
+            for (name, value) in [
+                ("keep-alive", "timeout=5, max=100"),
+                ("connection", "x-hop-secret"),
+                ("x-hop-secret", "node-internal"),
+                ("proxy-connection", "keep-alive"),
+                ("trailer", "x-checksum"),
+                ("upgrade", "h2c"),
+            ] {
+                h.insert(name, http::HeaderValue::from_static(value));
+            }
+            resp
         }
         // A runtime error in the function, as Nakama answers it.
         "crash" => error(
@@ -363,7 +410,7 @@ fn websocket(node: Arc<Node>, req: &mut Request<Incoming>) -> Response<Body> {
     else {
         return error(StatusCode::BAD_REQUEST, "not a WebSocket upgrade");
     };
-    let info = whoami(&node, req, claims["uid"].as_str());
+    let info = whoami(&node, req, claims["uid"].as_str(), 0);
     let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
