@@ -1,6 +1,7 @@
 //! The work the edge does per request or per connection, measured alone:
 //! picking a node (round-robin and consistent hash), reading the user id from a session
-//! token, a firewall lookup among 10,000 CIDRs, a rate-limit check, rendering /metrics.
+//! token, a firewall lookup among 10,000 CIDRs, a rate-limit check, rendering /metrics, the
+//! header rules (address claims, hop-by-hop), the retry budget, measuring a request head.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -122,9 +123,76 @@ fn metrics(c: &mut Criterion) {
     });
 }
 
+/// A browser's request head as the edge receives it.
+fn browser_request() -> pingora_http::RequestHeader {
+    let mut req =
+        pingora_http::RequestHeader::build("POST", b"/v2/rpc/whoami", None).expect("request");
+    for (k, v) in [
+        ("host", "play.example.com"),
+        ("connection", "keep-alive"),
+        ("content-type", "application/json"),
+        ("authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0",
+        ),
+        ("accept", "application/json"),
+        ("accept-language", "en-GB,en;q=0.5"),
+        ("accept-encoding", "gzip, deflate, br"),
+        ("origin", "https://game.example.com"),
+        ("content-length", "42"),
+    ] {
+        req.append_header(k.to_string(), v).expect("header");
+    }
+    req
+}
+
+fn headers(c: &mut Criterion) {
+    let req = browser_request();
+    c.bench_function(
+        "headers: strip a browser's request (10 headers, Connection)",
+        |b| {
+            b.iter_batched(
+                || req.clone(),
+                |mut r| {
+                    nakama_edge::headers::strip_request(&mut r, false);
+                    r
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        },
+    );
+    let mut clean = browser_request();
+    nakama_edge::headers::strip_request(&mut clean, false);
+    c.bench_function(
+        "headers: a request with nothing to strip (9 headers)",
+        |b| b.iter(|| nakama_edge::headers::strip_request(black_box(&mut clean), false)),
+    );
+}
+
+fn retry_budget(c: &mut Criterion) {
+    let budget = nakama_edge::retry_budget::RetryBudget::default();
+    c.bench_function("retry budget: count a request", |b| {
+        b.iter(|| budget.record_request())
+    });
+}
+
+fn head_scan(c: &mut Criterion) {
+    let head = b"POST /v2/rpc/whoami?http_key=defaulthttpkey HTTP/1.1\r\nHost: play.example.com\r\n\
+                 Content-Type: application/json\r\nAuthorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig\r\n\
+                 User-Agent: Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0\r\n\
+                 Accept: application/json\r\nContent-Length: 42\r\n\r\n";
+    c.bench_function("measure a 300-byte request head as it arrives", |b| {
+        b.iter(|| {
+            let mut scan = nakama_edge::client_conn::HeadScan::default();
+            black_box(scan.advance(black_box(head)))
+        })
+    });
+}
+
 criterion_group! {
     name = hot_path;
     config = Criterion::default().warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
-    targets = pick, tokens, firewall, rate_limit, metrics
+    targets = pick, tokens, firewall, rate_limit, metrics, headers, retry_budget, head_scan
 }
 criterion_main!(hot_path);

@@ -9,6 +9,11 @@
 //!     opens WebSockets with distinct Nakama users up to the first total, prints
 //!     `open <n> failed <m>`, and holds them (answering pings); each line on stdin opens more,
 //!     up to the next total; when stdin closes it closes them all and prints `closed`
+//! edge-load slow-bodies --addr 127.0.0.1:8443 --count 2000 --seconds 20 [--sources ...]
+//!     TLS connections that each send a request head announcing `Content-Length: 100000`,
+//!     then one body byte every 2 s (the adversarial probe's burst); prints `open <n> failed
+//!     <m>` once all are open, then after `--seconds` how the edge answered them
+//!     (`answered <status>=<count> ... closed <count>`) and closes what is left
 //! ```
 //!
 //! Bench tooling, not product code: it verifies nothing about the server's certificate.
@@ -105,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
     match command.as_str() {
         "handshakes" => handshakes(&args).await,
         "hold-ws" => hold_ws(&args).await,
+        "slow-bodies" => slow_bodies(&args).await,
         other => bail!("unknown command {other}"),
     }
 }
@@ -149,6 +155,96 @@ async fn handshakes(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn sources(args: &Args) -> anyhow::Result<Vec<IpAddr>> {
+    args.get("--sources")
+        .unwrap_or("127.0.0.1")
+        .split(',')
+        .map(|s| s.parse().with_context(|| format!("source {s:?}")))
+        .collect()
+}
+
+async fn slow_bodies(args: &Args) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr: SocketAddr = args.need("--addr")?.parse()?;
+    let count = args.number("--count", 2000)?;
+    let seconds = args.number("--seconds", 20)?;
+    let sources = sources(args)?;
+    let connector = tokio_rustls::TlsConnector::from(client_config(&[b"http/1.1"])?);
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let gate = Arc::new(tokio::sync::Semaphore::new(64));
+    let (opened_tx, mut opened_rx) = tokio::sync::mpsc::channel::<bool>(count as usize + 1);
+    let mut tasks = Vec::new();
+    for n in 0..count {
+        let source = sources[n as usize % sources.len()];
+        let (connector, gate, opened) = (connector.clone(), gate.clone(), opened_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let conn = async {
+                let _permit = gate.acquire_owned().await.ok();
+                let socket = TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(source, 0))?;
+                let tcp = socket.connect(addr).await?;
+                #[allow(deprecated)] // an RST instead of TIME_WAIT: no port runs out
+                tcp.set_linger(Some(Duration::ZERO))?;
+                let name = ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+                let mut tls = connector.connect(name, tcp).await?;
+                tls.write_all(
+                    b"POST /v2/rpc/whoami?http_key=defaulthttpkey HTTP/1.1\r\nHost: localhost\r\n\
+                      Content-Length: 100000\r\n\r\n",
+                )
+                .await?;
+                Ok::<_, std::io::Error>(tls)
+            };
+            let mut tls = match tokio::time::timeout(Duration::from_secs(30), conn).await {
+                Ok(Ok(tls)) => tls,
+                _ => {
+                    let _ = opened.send(false).await;
+                    return "failed".to_string();
+                }
+            };
+            let _ = opened.send(true).await;
+            // One byte every 2 s until the end, or until the edge answers or closes.
+            let mut answer = [0u8; 64];
+            while Instant::now() < end {
+                tokio::select! {
+                    read = tls.read(&mut answer) => {
+                        return match read {
+                            Ok(n) if n > 0 => String::from_utf8_lossy(&answer[..n])
+                                .split_whitespace()
+                                .nth(1)
+                                .unwrap_or("?")
+                                .to_string(),
+                            _ => "closed".to_string(),
+                        };
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                        if tls.write_all(b"x").await.is_err() {
+                            return "closed".to_string();
+                        }
+                    }
+                }
+            }
+            "open".to_string()
+        }));
+    }
+    drop(opened_tx);
+    let (mut open, mut failed) = (0u64, 0u64);
+    while let Some(ok) = opened_rx.recv().await {
+        if ok {
+            open += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    println!("open {open} failed {failed}");
+    let mut outcomes = std::collections::BTreeMap::<String, u64>::new();
+    for t in tasks {
+        *outcomes.entry(t.await?).or_default() += 1;
+    }
+    let summary: Vec<String> = outcomes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("answered {}", summary.join(" "));
+    Ok(())
+}
+
 async fn hold_ws(args: &Args) -> anyhow::Result<()> {
     let url = args.need("--url")?.to_string();
     let stages: Vec<u64> = args
@@ -161,12 +257,7 @@ async fn hold_ws(args: &Args) -> anyhow::Result<()> {
         .get("--session-key")
         .unwrap_or("defaultencryptionkey")
         .to_string();
-    let sources: Vec<IpAddr> = args
-        .get("--sources")
-        .unwrap_or("127.0.0.1")
-        .split(',')
-        .map(|s| s.parse().with_context(|| format!("source {s:?}")))
-        .collect::<anyhow::Result<_>>()?;
+    let sources = sources(args)?;
     let rest = url
         .strip_prefix("wss://")
         .map(|r| (true, r))
