@@ -81,7 +81,12 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 
 /// Whether the `Connection` headers of `headers` name `name`.
 fn named_by_connection(headers: &HeaderMap, name: &str) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
+    named_by(&headers.get_all(CONNECTION), name)
+}
+
+/// Whether `connection` (the values of `Connection`) names `name`.
+fn named_by(connection: &http::header::GetAll<'_, http::HeaderValue>, name: &str) -> bool {
+    connection.iter().any(|v| {
         v.as_bytes()
             .split(|&b| b == b',')
             .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
@@ -103,10 +108,35 @@ pub fn strip_request(req: &mut RequestHeader, keep_te_trailers: bool) {
         }
         is_hop_by_hop(name) || named_by_connection(headers, name)
     };
+    if nothing_else_doomed(&req.headers, keep_te_trailers) {
+        // The usual request: at most a Connection header to drop, in one lookup.
+        req.remove_header(&CONNECTION);
+        return;
+    }
     while let Some(name) = other_than_connection(&req.headers, doomed) {
         req.remove_header(&name);
     }
     req.remove_header(&CONNECTION);
+}
+
+/// Whether no header but `Connection` must leave a request: one pass, no removal, the
+/// `Connection` values looked up once.
+fn nothing_else_doomed(headers: &HeaderMap, keep_te_trailers: bool) -> bool {
+    let connection = headers.get_all(CONNECTION);
+    let has_connection = connection.iter().next().is_some();
+    headers.keys().all(|name| {
+        let name = name.as_str();
+        name == CONNECTION.as_str()
+            || !(claims_address(name)
+                || (is_hop_by_hop(name) && !(keep_te_trailers && name == TE.as_str()))
+                || (keep_te_trailers
+                    && name == TE.as_str()
+                    && !headers
+                        .get_all(TE)
+                        .iter()
+                        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers")))
+                || (has_connection && named_by(&connection, name)))
+    })
 }
 
 /// What a player gets of a node's response head: no hop-by-hop headers, but a 101's
