@@ -58,6 +58,40 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Logging; changes apply on reload.
     pub log: Log,
+    /// Several edges sharing state through one database; `None`: this edge alone.
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]`: the database several edges share their state through (the PostgreSQL or
+/// CockroachDB that Nakama already uses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// How to reach the database (a `postgres://` URL). It may hold a password: it is never
+    /// printed ([`DatabaseUrl`]'s `Debug` shows none of it).
+    pub database: DatabaseUrl,
+    /// A file holding the database password, instead of one in the URL.
+    pub database_password_file: Option<PathBuf>,
+    /// A root certificate for the database's TLS (else the system's roots).
+    pub database_ca: Option<PathBuf>,
+    /// This edge's name among the others (default: the host name).
+    pub name: String,
+}
+
+/// A database URL, kept out of every log and debug print.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL itself, for the database client only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DatabaseUrl(..)")
+    }
 }
 
 /// `[log]`

@@ -20,6 +20,19 @@ pub(crate) struct RawConfig {
     pub rate_limit: RawRateLimit,
     pub timeouts: RawTimeouts,
     pub log: RawLog,
+    pub cluster: S<RawCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    pub database: Spanned<String>,
+    #[serde(default)]
+    pub database_password_file: S<String>,
+    #[serde(default)]
+    pub database_ca: S<String>,
+    #[serde(default)]
+    pub name: S<String>,
 }
 
 #[derive(Deserialize, Default)]

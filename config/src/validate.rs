@@ -400,6 +400,8 @@ impl Checker<'_> {
             access_log: l.access_log.unwrap_or(true),
         };
 
+        let cluster = raw.cluster.map(|c| self.cluster(c.into_inner()));
+
         Config {
             server,
             listeners,
@@ -411,6 +413,52 @@ impl Checker<'_> {
             rate_limit,
             timeouts,
             log,
+            cluster,
+        }
+    }
+
+    fn cluster(&mut self, raw: RawCluster) -> Cluster {
+        let url = raw.database.get_ref();
+        // Checked without ever echoing the URL: it may hold a password.
+        let rest = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"));
+        match rest {
+            None => self.problem(
+                raw.database.span(),
+                "cluster.database must be a postgres:// (or postgresql://) URL",
+            ),
+            Some(rest) => {
+                let authority = rest.split(['/', '?']).next().unwrap_or("");
+                let host = authority.rsplit('@').next().unwrap_or("");
+                if host.is_empty() {
+                    self.problem(raw.database.span(), "cluster.database names no host");
+                }
+            }
+        }
+        let path = |v: &S<String>| v.as_ref().map(|p| PathBuf::from(p.get_ref()));
+        let name = match &raw.name {
+            Some(n) => {
+                let valid = !n.get_ref().is_empty()
+                    && n.get_ref().len() <= 64
+                    && n.get_ref()
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                if !valid {
+                    self.problem(
+                        n.span(),
+                        "cluster.name must be 1 to 64 letters, digits, '.', '_' or '-'",
+                    );
+                }
+                n.get_ref().clone()
+            }
+            None => host_name(),
+        };
+        Cluster {
+            database: DatabaseUrl(url.clone()),
+            database_password_file: path(&raw.database_password_file),
+            database_ca: path(&raw.database_ca),
+            name,
         }
     }
 
@@ -604,4 +652,13 @@ impl FloorCharBoundary for str {
         }
         at
     }
+}
+
+/// This machine's host name (Linux), the default `cluster.name`; `edge` when it cannot be read.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "edge".to_string())
 }
