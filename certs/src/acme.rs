@@ -3,9 +3,12 @@
 //! ```text
 //!   AcmeClient::connect ── account.json in the store? ── yes: restore
 //!                                                    └─ no: create, store
-//!   AcmeClient::order ── new order ── per authorization: publish the answer in Challenges
-//!        │                            (HTTP-01 token / TLS-ALPN-01 certificate), set ready
-//!        └─ poll ready ── CSR (our own P-256 key) ── finalize ── poll certificate ── Issued
+//!   (several edges: AcmeClient::restore / create, the credentials kept by the caller)
+//!   AcmeClient::start_order ── new order ── per authorization: the answer installed in
+//!        │                    Challenges (HTTP-01 token / TLS-ALPN-01 certificate) and returned
+//!        │   (the caller may publish the answers to other edges here)
+//!   PendingOrder::finish ── set ready ── poll ready ── CSR (our own P-256 key) ── finalize
+//!                           ── poll certificate ── Issued
 //!   AcmeClient::renewal_window ── ARI, when the CA offers it
 //! ```
 
@@ -20,14 +23,14 @@ use instant_acme::{
 use rustls::pki_types::CertificateDer;
 use rustls::sign::CertifiedKey;
 
-use crate::challenge::Challenges;
+use crate::challenge::{ChallengeAnswer, Challenges};
 use crate::info::CertInfo;
 use crate::load::{self, CertError};
 use crate::renewal::Window;
 use crate::store::{CertStore, StoreError, StoredCertificate};
 
 /// The challenge type to answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Challenge {
     /// HTTP-01, on the http listener.
     Http01,
@@ -153,11 +156,24 @@ impl AcmeClient {
         store: &CertStore,
     ) -> Result<AcmeClient, AcmeError> {
         if let Some(json) = store.account()? {
-            let credentials: AccountCredentials =
-                serde_json::from_str(&json).map_err(AcmeError::Account)?;
-            let account = builder(settings)?.from_credentials(credentials).await?;
-            return Ok(AcmeClient { account });
+            return AcmeClient::restore(settings, &json).await;
         }
+        let (client, json) = AcmeClient::create(settings).await?;
+        store.save_account(&json)?;
+        Ok(client)
+    }
+
+    /// The account whose credentials (JSON, as [`AcmeClient::create`] returns them) are
+    /// `json`.
+    pub async fn restore(settings: &AcmeSettings, json: &str) -> Result<AcmeClient, AcmeError> {
+        let credentials: AccountCredentials =
+            serde_json::from_str(json).map_err(AcmeError::Account)?;
+        let account = builder(settings)?.from_credentials(credentials).await?;
+        Ok(AcmeClient { account })
+    }
+
+    /// A new account at the CA, and its credentials (JSON) to keep.
+    pub async fn create(settings: &AcmeSettings) -> Result<(AcmeClient, String), AcmeError> {
         let contact: Vec<&str> = settings.contact.iter().map(String::as_str).collect();
         let new = NewAccount {
             contact: &contact,
@@ -168,9 +184,8 @@ impl AcmeClient {
             .create(&new, settings.directory.clone(), None)
             .await?;
         let json = serde_json::to_string(&credentials).map_err(AcmeError::Account)?;
-        store.save_account(&json)?;
         tracing::info!(directory = %settings.directory, account = account.id(), "ACME account created");
-        Ok(AcmeClient { account })
+        Ok((AcmeClient { account }, json))
     }
 
     /// Order a certificate for `settings.domains`, answering challenges through `challenges`.
@@ -181,17 +196,32 @@ impl AcmeClient {
         challenges: &Challenges,
         replaces: Option<CertificateIdentifier<'static>>,
     ) -> Result<Issued, AcmeError> {
-        let result = self.order_inner(settings, challenges, replaces).await;
-        challenges.clear();
-        result
+        let (pending, _answers) = self.start_order(settings, challenges, replaces).await?;
+        pending.finish(settings, challenges).await
     }
 
-    async fn order_inner(
+    /// The first half of an order: the order made, and every challenge's answer installed in
+    /// `challenges` and returned, so that other edges can give them too before the CA is
+    /// asked to validate ([`PendingOrder::finish`]).
+    pub async fn start_order(
         &self,
         settings: &AcmeSettings,
         challenges: &Challenges,
         replaces: Option<CertificateIdentifier<'static>>,
-    ) -> Result<Issued, AcmeError> {
+    ) -> Result<(PendingOrder, Vec<ChallengeAnswer>), AcmeError> {
+        let result = self.start_order_inner(settings, challenges, replaces).await;
+        if result.is_err() {
+            challenges.clear_own();
+        }
+        result
+    }
+
+    async fn start_order_inner(
+        &self,
+        settings: &AcmeSettings,
+        challenges: &Challenges,
+        replaces: Option<CertificateIdentifier<'static>>,
+    ) -> Result<(PendingOrder, Vec<ChallengeAnswer>), AcmeError> {
         let identifiers: Vec<Identifier> = settings
             .domains
             .iter()
@@ -202,11 +232,8 @@ impl AcmeClient {
             new_order = new_order.replaces(r);
         }
         let mut order = self.account.new_order(&new_order).await?;
-
-        let kind = match settings.challenge {
-            Challenge::Http01 => ChallengeType::Http01,
-            Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
-        };
+        let kind = challenge_type(settings.challenge);
+        let mut answers = Vec::new();
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
             let mut authz = authz?;
@@ -214,7 +241,7 @@ impl AcmeClient {
                 continue;
             }
             let domain = authz.identifier().to_string();
-            let mut challenge = authz
+            let challenge = authz
                 .challenge(kind.clone())
                 .ok_or_else(|| AcmeError::Order {
                     status: "unusable".into(),
@@ -224,38 +251,18 @@ impl AcmeClient {
                     ),
                 })?;
             let key_authorization = challenge.key_authorization();
-            match settings.challenge {
+            let answer = match settings.challenge {
                 Challenge::Http01 => {
-                    challenges.set_http01(&challenge.token, key_authorization.as_str())
+                    Challenges::http01_answer(&challenge.token, key_authorization.as_str())
                 }
                 Challenge::TlsAlpn01 => {
-                    challenges.set_tls_alpn01(&domain, key_authorization.digest().as_ref())?
+                    Challenges::tls_alpn01_answer(&domain, key_authorization.digest().as_ref())
                 }
-            }
-            tracing::info!(%domain, challenge = settings.challenge.as_str(), "ACME challenge ready");
-            challenge.set_ready().await?;
+            };
+            challenges.install(&answer, true)?;
+            answers.push(answer);
         }
-
-        let retry = RetryPolicy::new().timeout(ORDER_PATIENCE);
-        let status = order.poll_ready(&retry).await?;
-        if status != OrderStatus::Ready {
-            return Err(AcmeError::Order {
-                status: format!("{status:?}"),
-                detail: failed_authorizations(&mut order).await,
-            });
-        }
-
-        let key = rcgen::KeyPair::generate().map_err(CertError::from)?;
-        let mut params =
-            rcgen::CertificateParams::new(settings.domains.clone()).map_err(CertError::from)?;
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        let csr = params.serialize_request(&key).map_err(CertError::from)?;
-        order.finalize_csr(csr.der()).await?;
-        let chain_pem = order.poll_certificate(&retry).await?;
-        Ok(load_stored(StoredCertificate {
-            chain_pem,
-            key_pem: key.serialize_pem(),
-        })?)
+        Ok((PendingOrder { order }, answers))
     }
 
     /// The CA's suggested renewal window for `leaf` and when to ask again, or `None` when the
@@ -284,6 +291,70 @@ impl AcmeClient {
             Err(instant_acme::Error::Unsupported(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// An order whose challenge answers are out, waiting for the CA to validate them.
+pub struct PendingOrder {
+    order: instant_acme::Order,
+}
+
+fn challenge_type(challenge: Challenge) -> ChallengeType {
+    match challenge {
+        Challenge::Http01 => ChallengeType::Http01,
+        Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+    }
+}
+
+impl PendingOrder {
+    /// The second half of an order: the CA asked to validate, the certificate made from our
+    /// own key. This edge's answers leave `challenges` at the end, whatever happened.
+    pub async fn finish(
+        self,
+        settings: &AcmeSettings,
+        challenges: &Challenges,
+    ) -> Result<Issued, AcmeError> {
+        let result = self.finish_inner(settings).await;
+        challenges.clear_own();
+        result
+    }
+
+    async fn finish_inner(mut self, settings: &AcmeSettings) -> Result<Issued, AcmeError> {
+        let order = &mut self.order;
+        let kind = challenge_type(settings.challenge);
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz?;
+            if authz.status != AuthorizationStatus::Pending {
+                continue;
+            }
+            let domain = authz.identifier().to_string();
+            if let Some(mut challenge) = authz.challenge(kind.clone()) {
+                tracing::info!(%domain, challenge = settings.challenge.as_str(), "ACME challenge ready");
+                challenge.set_ready().await?;
+            }
+        }
+
+        let retry = RetryPolicy::new().timeout(ORDER_PATIENCE);
+        let status = order.poll_ready(&retry).await?;
+        if status != OrderStatus::Ready {
+            return Err(AcmeError::Order {
+                status: format!("{status:?}"),
+                detail: failed_authorizations(order).await,
+            });
+        }
+
+        let key = rcgen::KeyPair::generate().map_err(CertError::from)?;
+        let mut params =
+            rcgen::CertificateParams::new(settings.domains.clone()).map_err(CertError::from)?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let csr = params.serialize_request(&key).map_err(CertError::from)?;
+        order.finalize_csr(csr.der()).await?;
+        let chain_pem = order.poll_certificate(&retry).await?;
+        Ok(load_stored(StoredCertificate {
+            chain_pem,
+            key_pem: key.serialize_pem(),
+        })?)
     }
 }
 

@@ -26,7 +26,7 @@ pub mod store;
 
 use std::sync::Arc;
 
-pub use challenge::ACME_TLS_ALPN;
+pub use challenge::{ChallengeAnswer, ACME_TLS_ALPN};
 pub use load::{from_pem, from_pem_files, self_signed, CertError};
 pub use resolver::CertResolver;
 pub use rustls::sign::CertifiedKey;

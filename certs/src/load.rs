@@ -39,6 +39,9 @@ pub enum CertError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(rustls::Error),
+    /// Material received from elsewhere (another edge) is not what it should be.
+    #[error("{0}")]
+    Invalid(String),
     /// A certificate could not be parsed.
     #[error("cannot parse certificate: {0}")]
     Parse(String),
