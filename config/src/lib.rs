@@ -375,8 +375,12 @@ impl Config {
             CertificateSource::Acme(_) => "ACME",
             CertificateSource::SelfSigned => "self-signed certificate",
         };
+        let cluster = self
+            .cluster
+            .as_ref()
+            .map_or_else(String::new, |c| format!("; cluster member {:?}", c.name));
         format!(
-            "ok: {} node(s); https {} ({certs}), http {} ({}), admin {}",
+            "ok: {} node(s); https {} ({certs}), http {} ({}), admin {}{cluster}",
             self.nodes.len(),
             addr(self.listeners.https),
             addr(self.listeners.http),

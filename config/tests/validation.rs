@@ -245,3 +245,48 @@ fn the_admin_api_is_for_loopback_unless_configured() {
     let c = Config::parse("[firewall]\nadmin_allow = [\"10.0.0.0/8\"]\n", "t").unwrap();
     assert_eq!(c.firewall.admin_allow.len(), 1);
 }
+
+#[test]
+fn a_cluster_section_is_read_and_its_url_never_printed() {
+    let text = "[[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:7350\"\n\n[cluster]\n\
+                database = \"postgres://edge:s3cret@db.internal:5432/nakama_edge?sslmode=require\"\n\
+                database_ca = \"/etc/nakama-edge/db-ca.pem\"\nname = \"edge-1\"\n";
+    let config = Config::parse(text, "test.toml").unwrap();
+    let cluster = config.cluster.as_ref().unwrap();
+    assert_eq!(cluster.name, "edge-1");
+    assert_eq!(
+        cluster.database_ca.as_deref(),
+        Some(std::path::Path::new("/etc/nakama-edge/db-ca.pem"))
+    );
+    assert!(cluster.database.expose().contains("db.internal"));
+    assert!(
+        !format!("{config:?}").contains("s3cret"),
+        "Debug shows no password"
+    );
+    // Without a name: the host name.
+    let unnamed = Config::parse(
+        "[cluster]\ndatabase = \"postgresql://edge@db:5432/x\"\n",
+        "test.toml",
+    )
+    .unwrap();
+    assert!(!unnamed.cluster.unwrap().name.is_empty());
+    assert!(Config::parse("", "t").unwrap().cluster.is_none());
+}
+
+#[test]
+fn a_bad_cluster_section_points_at_its_mistakes_without_echoing_the_url() {
+    let p = one_problem("[cluster]\ndatabase = \"mysql://root:hunter2@db/x\"\n");
+    assert_eq!((p.line, p.column), (2, 12));
+    assert!(p.message.contains("postgres://"), "{}", p.message);
+    assert!(!p.message.contains("hunter2"));
+    let p = one_problem("[cluster]\ndatabase = \"postgres://u:hunter2@/x\"\n");
+    assert!(
+        p.message.contains("no host") && !p.message.contains("hunter2"),
+        "{}",
+        p.message
+    );
+    let p = one_problem("[cluster]\ndatabase = \"postgres://db/x\"\nname = \"edge one\"\n");
+    assert_eq!(p.line, 3);
+    let p = one_problem("[cluster]\ndatabase = \"postgres://db/x\"\npassword = \"x\"\n");
+    assert_eq!(p.line, 3, "unknown keys are errors: {}", p.message);
+}
