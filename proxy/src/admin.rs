@@ -5,8 +5,9 @@
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when listeners are bound, the certificate is not a placeholder and a node is routable; else 503 and why |
-//! | `GET /nodes` | JSON: name, address, state, health, drained_by, http_in_flight, websockets |
-//! | `POST /nodes/{name}/drain`, `/undrain` | runtime drain, saved in `server.state_dir` before it applies; 404 for an unknown node, 500 (nothing changed) when it cannot be saved |
+//! | `GET /nodes` | JSON: name, address, state, health, drained_by, http_in_flight, websockets (with `[cluster]`: every live edge's, summed; `this_edge` has this one's) |
+//! | `GET /cluster` | JSON: the live edges (name, version, last_seen, routing_digest, self); 404 without `[cluster]` |
+//! | `POST /nodes/{name}/drain`, `/undrain` | runtime drain, saved (in the cluster database, whence every edge applies it, and in `server.state_dir`) before it applies; 404 for an unknown node; 503 when the cluster database is unreachable and 500 when `state_dir` cannot be written (nothing changed) |
 //!
 //! Either `drain = true` in the config file or a runtime drain drains a node; `undrain` lifts
 //! the runtime one only, and the node's view then still says `"drained_by": ["config"]`.
@@ -19,8 +20,10 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde::Serialize;
 
+use crate::cluster::ClusterLink;
 use crate::pool::{DrainedBy, Health, Node, NodeState};
-use crate::state::Shared;
+use crate::state::{DrainError, Shared};
+use nakama_edge_cluster::edges::NodeCounts;
 
 /// Who may use the admin API (`firewall.admin_allow`, loopback by default), decided right after
 /// `accept()`; others are closed and counted as `reason="firewall"`.
@@ -74,22 +77,45 @@ pub struct NodeView<'a> {
     state: NodeState,
     health: Health,
     drained_by: DrainedBy,
+    /// Requests in flight to the node: through every live edge of the cluster.
     http_in_flight: i64,
+    /// WebSockets open to the node: through every live edge of the cluster.
     websockets: i64,
+    /// This edge's own counts (with `[cluster]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    this_edge: Option<NodeCounts>,
 }
 
 impl<'a> NodeView<'a> {
-    fn of(node: &'a Node) -> Self {
+    fn of(node: &'a Node, cluster: Option<&ClusterLink>) -> Self {
+        let here = NodeCounts {
+            http_in_flight: node.runtime.http_in_flight(),
+            websockets: node.runtime.websockets(),
+        };
+        let others = cluster.map_or_else(NodeCounts::default, |c| c.others(&node.config.name));
         NodeView {
             name: &node.config.name,
             address: node.config.address.to_string(),
             state: node.runtime.state(),
             health: node.runtime.health(),
             drained_by: node.runtime.drained_by(),
-            http_in_flight: node.runtime.http_in_flight(),
-            websockets: node.runtime.websockets(),
+            http_in_flight: here.http_in_flight + others.http_in_flight,
+            websockets: here.websockets + others.websockets,
+            this_edge: cluster.map(|_| here),
         }
     }
+}
+
+/// One live edge as `GET /cluster` shows it.
+#[derive(Serialize)]
+struct EdgeView<'a> {
+    name: &'a str,
+    version: &'a str,
+    /// Unix seconds, the database's clock.
+    last_seen: i64,
+    routing_digest: &'a str,
+    #[serde(rename = "self")]
+    is_self: bool,
 }
 
 fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -124,6 +150,7 @@ impl ServeHttp for AdminApi {
         let path = req.uri.path().to_owned();
         let snapshot = self.shared.snapshot();
         let pool = &snapshot.pool;
+        let cluster = self.shared.cluster.as_deref();
         let get = method == Method::GET || method == Method::HEAD;
         match path.as_str() {
             "/metrics" if get => respond(
@@ -140,16 +167,40 @@ impl ServeHttp for AdminApi {
             },
             "/nodes" if get => json(
                 StatusCode::OK,
-                &pool.nodes.iter().map(NodeView::of).collect::<Vec<_>>(),
+                &pool
+                    .nodes
+                    .iter()
+                    .map(|n| NodeView::of(n, cluster))
+                    .collect::<Vec<_>>(),
             ),
-            "/metrics" | "/healthz" | "/readyz" | "/nodes" => {
+            "/cluster" if get => match cluster {
+                Some(link) => {
+                    let live = link.live_edges();
+                    let view: Vec<EdgeView> = live
+                        .iter()
+                        .map(|e| EdgeView {
+                            name: &e.heartbeat.name,
+                            version: &e.heartbeat.version,
+                            last_seen: e.last_seen,
+                            routing_digest: &e.heartbeat.routing_digest,
+                            is_self: e.heartbeat.name == link.name,
+                        })
+                        .collect();
+                    json(StatusCode::OK, &view)
+                }
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "no [cluster] in the config: this edge is alone",
+                ),
+            },
+            "/metrics" | "/healthz" | "/readyz" | "/nodes" | "/cluster" => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             _ => match drain_request(&path) {
                 Some((name, drain)) if method == Method::POST => {
-                    match (self.shared.set_drain(name, drain), pool.by_name(name)) {
+                    match (self.shared.set_drain(name, drain).await, pool.by_name(name)) {
                         (Ok(Some(())), Some(node)) => {
-                            let view = NodeView::of(node);
+                            let view = NodeView::of(node, cluster);
                             if !drain && view.drained_by.config {
                                 tracing::info!(node = name, "runtime drain lifted; the node stays drained by `drain = true` in the config file");
                             } else {
@@ -163,6 +214,10 @@ impl ServeHttp for AdminApi {
                         }
                         (Ok(_), _) => {
                             text(StatusCode::NOT_FOUND, &format!("unknown node {name:?}"))
+                        }
+                        (Err(e @ DrainError::Cluster(_)), _) => {
+                            tracing::warn!(node = name, drain, "drain refused: {e}");
+                            text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
                         }
                         (Err(e), _) => {
                             tracing::error!(

@@ -16,6 +16,10 @@
 //!
 //! Without `state_dir` the drains live in memory only and are lost on restart.
 //!
+//! With `[cluster]`, the cluster database holds the drains of every edge (see
+//! [`crate::cluster`]): a drain is written there first, and the file is this edge's copy, for
+//! a start while the database is away.
+//!
 //! How a runtime drain and `drain = true` in the config file combine: either one drains.
 //! `undrain` lifts only the runtime drain; a node the file drains stays draining until the
 //! file says otherwise (`GET /nodes` shows `drained_by`).
@@ -172,6 +176,22 @@ impl Drains {
         }
         *self.memory() = state.drained;
         Ok(changed)
+    }
+
+    /// Make the runtime drains exactly `drained` (the cluster database's), kept in the file
+    /// too. Returns whether the set changed. The set applies even when the file cannot be
+    /// written (the error says so).
+    pub fn replace(&self, drained: BTreeSet<String>) -> Result<bool, DrainsError> {
+        let changed = *self.memory() != drained;
+        if !changed {
+            return Ok(false);
+        }
+        *self.memory() = drained.clone();
+        if let Some(files) = &self.files {
+            let _lock = files.lock()?;
+            files.write(&StateFile { drained })?;
+        }
+        Ok(true)
     }
 
     /// Re-read the file (another process may have changed it). Returns whether the set

@@ -24,6 +24,7 @@
 //! | [`pool`] | nodes, their state, and node selection |
 //! | [`health_check`] | active health checks, and the first round before serving |
 //! | [`drains`] | runtime drains, kept in `server.state_dir` across restarts and upgrades |
+//! | [`cluster`] | several edges: what this one shares through the cluster database, and learns |
 //! | [`token`] | the user id in a Nakama session token |
 //! | [`firewall`] | CIDR allow/deny |
 //! | [`acme`] | obtaining and renewing the certificate (the work itself is in `nakama-edge-certs`) |
@@ -39,6 +40,7 @@ pub mod acme;
 pub mod admin;
 pub mod allocator;
 pub mod client_conn;
+pub mod cluster;
 pub mod drains;
 pub mod firewall;
 pub mod headers;

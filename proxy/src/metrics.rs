@@ -439,6 +439,32 @@ impl Metrics {
         self.upstream_retries.with_label_values(&[node]).inc();
     }
 
+    /// Register the `nakama_edge_cluster_*` gauges (only with `[cluster]`: a lone edge has no
+    /// database to report down).
+    pub fn cluster_gauges(&self) -> Result<crate::cluster::ClusterGauges, std::io::Error> {
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, std::io::Error> {
+            let g = IntGauge::new(name, help).map_err(metric_error)?;
+            self.registry
+                .register(Box::new(g.clone()))
+                .map_err(metric_error)?;
+            Ok(g)
+        };
+        Ok(crate::cluster::ClusterGauges {
+            database_up: gauge(
+                "nakama_edge_cluster_database_up",
+                "1 when the cluster database answered this edge's last poll.",
+            )?,
+            edges: gauge(
+                "nakama_edge_cluster_edges",
+                "Live edges seen in the cluster database (this one included).",
+            )?,
+            routing_mismatch: gauge(
+                "nakama_edge_cluster_routing_mismatch",
+                "1 when live edges have different routing configs (nodes, weights, sticky key).",
+            )?,
+        })
+    }
+
     /// A failed request that the retry budget did not let go to another node.
     pub fn retry_over_budget(&self) {
         self.retries_over_budget.inc();

@@ -16,7 +16,8 @@
 //!    ├─ http   : TCP ─► accept::Entry (firewall)      ─► HttpProxy<Edge> (redirect / ACME)
 //!    ├─ console: TCP ─► accept::Entry (console_allow, TLS) ─► HttpProxy<Edge> (nodes' consoles)
 //!    ├─ admin  : AdminApi
-//!    └─ background: HealthChecker, Reloader, DrainsWatch, Readiness, AcmeService (with [acme])
+//!    └─ background: HealthChecker, Reloader, DrainsWatch, Readiness, AcmeService (with [acme]),
+//!                   ClusterSync (with [cluster])
 //! ```
 
 use std::net::SocketAddr;
@@ -42,6 +43,7 @@ use pingora_proxy::http_proxy;
 use crate::accept::{Entry, PeerFilter};
 use crate::acme::{AcmeTask, Served};
 use crate::admin::{AdminApi, AdminFilter};
+use crate::cluster::ClusterSync;
 use crate::drains::{Drains, DrainsWatch};
 use crate::health_check::HealthChecker;
 use crate::limits::PurgeTask;
@@ -163,10 +165,13 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         ..Default::default()
     };
     let listeners = config.listeners.clone();
-    let shared = Arc::new(
-        Shared::new(config, source, initial.certificate, initial.ready, drains)
-            .context("cannot register metrics")?,
-    );
+    let shared = Arc::new(Shared::new(
+        config,
+        source,
+        initial.certificate,
+        initial.ready,
+        drains,
+    )?);
     first_health_checks(&shared)?;
 
     // With --upgrade, this waits for the running process to hand its sockets over.
@@ -225,6 +230,13 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         "drains watch",
         DrainsWatch::new(shared.clone()),
     ));
+    if let Some(link) = shared.cluster.clone() {
+        tracing::info!(edge = %link.name, "[cluster]: sharing certificates, challenges, drains and counts through the cluster database");
+        server.add_service(background_service(
+            "cluster sync",
+            ClusterSync::new(shared.clone(), link),
+        ));
+    }
     if let Some(task) = initial.acme {
         server.add_service(background_service("acme", task.start_with(shared.clone())));
     }

@@ -36,6 +36,8 @@ pub struct Snapshot {
     /// Per-client limits; kept from the previous snapshot while `[rate_limit]` is unchanged,
     /// so a reload does not hand every client a fresh budget.
     pub limits: Arc<Limits>,
+    /// What decides routing, digested: edges that agree on it route a user alike.
+    pub routing_digest: String,
 }
 
 impl Snapshot {
@@ -53,6 +55,7 @@ impl Snapshot {
             _ => Arc::new(Limits::new(&config.rate_limit, open.clone())),
         };
         Snapshot {
+            routing_digest: crate::cluster::routing_digest(&config),
             config,
             pool,
             firewall,
@@ -112,6 +115,30 @@ pub struct Shared {
     pub drains: Drains,
     /// How many failed requests may still be retried on another node.
     pub retry_budget: crate::retry_budget::RetryBudget,
+    /// This edge's link to the others (`[cluster]`).
+    pub cluster: Option<Arc<crate::cluster::ClusterLink>>,
+}
+
+/// Why the shared state could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The metrics could not be registered.
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] std::io::Error),
+    /// `[cluster]` cannot be used.
+    #[error(transparent)]
+    Cluster(#[from] nakama_edge_cluster::ClusterError),
+}
+
+/// Why a drain could not be set; nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    /// The cluster database is unreachable: applying it here alone would split the edges.
+    #[error("the cluster database is unreachable, so the drain was applied nowhere (retry once it is back): {0}")]
+    Cluster(#[from] nakama_edge_cluster::ClusterError),
+    /// `server.state_dir` could not be written.
+    #[error(transparent)]
+    State(#[from] DrainsError),
 }
 
 impl Shared {
@@ -123,7 +150,15 @@ impl Shared {
         initial: Arc<CertifiedKey>,
         certificate_ready: bool,
         drains: Drains,
-    ) -> std::io::Result<Shared> {
+    ) -> Result<Shared, StartError> {
+        let metrics = Metrics::new()?;
+        let cluster = match &config.cluster {
+            Some(c) => Some(Arc::new(crate::cluster::ClusterLink::new(
+                c,
+                metrics.cluster_gauges()?,
+            )?)),
+            None => None,
+        };
         let registry = Registry::default();
         let open = Arc::new(OpenConnections::default());
         let snapshot = Snapshot::build(config, &registry, None, &open, &drains);
@@ -131,7 +166,7 @@ impl Shared {
             current: ArcSwap::from_pointee(snapshot),
             registry,
             open,
-            metrics: Metrics::new()?,
+            metrics,
             certs: Arc::new(CertResolver::new(initial)),
             source,
             reload_lock: Mutex::new(()),
@@ -142,19 +177,36 @@ impl Shared {
             websockets: Default::default(),
             drains,
             retry_budget: Default::default(),
+            cluster,
         })
     }
 
-    /// Drain or undrain the node `name` at runtime: saved first (see [`crate::drains`]), then
-    /// applied. `Ok(None)`: no such node.
-    pub fn set_drain(&self, name: &str, drain: bool) -> Result<Option<()>, DrainsError> {
+    /// Drain or undrain the node `name` at runtime: saved first (in the cluster database with
+    /// `[cluster]`, whence every edge applies it; and in `server.state_dir`, see
+    /// [`crate::drains`]), then applied. `Ok(None)`: no such node.
+    pub async fn set_drain(&self, name: &str, drain: bool) -> Result<Option<()>, DrainError> {
         let snapshot = self.snapshot();
         let Some(node) = snapshot.pool.by_name(name) else {
             return Ok(None);
         };
+        if let Some(link) = &self.cluster {
+            link.db.set_drain(name, drain, &link.name).await?;
+        }
         self.drains.set(name, drain)?;
         node.runtime.set_runtime_drain(drain);
         Ok(Some(()))
+    }
+
+    /// The cluster's drains, as the database has them now: kept locally and applied.
+    pub fn apply_cluster_drains(&self, drained: std::collections::BTreeSet<String>) {
+        match self.drains.replace(drained) {
+            Ok(true) => {
+                tracing::info!(drained = ?self.drains.drained(), "runtime drains changed in the cluster")
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!("{e}: the cluster's drains apply but are not saved locally"),
+        }
+        self.snapshot().pool.apply_drains(&self.drains);
     }
 
     /// Re-read the runtime drains (another process of this edge changed them) and apply them.
@@ -226,6 +278,12 @@ impl Shared {
             let http_redirect = config.listeners.http_redirect;
             config.listeners = old.config.listeners.clone();
             config.listeners.http_redirect = http_redirect;
+        }
+        if config.cluster != old.config.cluster {
+            tracing::warn!(
+                "[cluster] settings changed: they take effect at the next restart or upgrade"
+            );
+            config.cluster = old.config.cluster.clone();
         }
         if config.server != old.config.server {
             tracing::warn!(
