@@ -4,69 +4,16 @@
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::sync::Arc;
 use std::time::Duration;
 
-use support::pebble::Pebble;
+use support::pebble::{client_config, served_leaf, Pebble};
 use support::*;
 
 const PLAY: &str = "play.nakama-edge.test";
 const API: &str = "api.nakama-edge.test";
 
 fn acme_section(pebble: &Pebble, challenge: &str, state_dir: &std::path::Path) -> String {
-    format!(
-        "[acme]\ndomains = [\"{PLAY}\", \"{API}\"]\ndirectory = \"{}\"\ncontact = [\"mailto:ops@nakama-edge.test\"]\n\
-         challenge = \"{challenge}\"\nstate_dir = \"{}\"\ndirectory_ca = \"{}\"\nretry_backoff = \"1s\"\n",
-        pebble.directory,
-        state_dir.display(),
-        pebble.https_ca.display()
-    )
-}
-
-fn client_config(root_pem: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile_certs(root_pem) {
-        roots.add(cert).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(config)
-}
-
-fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
-        .map(|c| c.unwrap())
-        .collect()
-}
-
-/// The leaf the edge serves for `name`, to a client that trusts only `root_pem`; an error
-/// while the placeholder (or a certificate from another CA) is served. Also the ALPN chosen.
-async fn served_leaf(
-    edge: &Edge,
-    name: &str,
-    root_pem: &str,
-) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
-    let tcp = tokio::net::TcpStream::connect(edge.https)
-        .await
-        .map_err(|e| e.to_string())?;
-    let connector =
-        tokio_rustls::TlsConnector::from(client_config(root_pem, &[b"h2", b"http/1.1"]));
-    let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
-    let tls = connector
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let conn = tls.get_ref().1;
-    Ok((
-        conn.peer_certificates().unwrap()[0].to_vec(),
-        conn.alpn_protocol().map(<[u8]>::to_vec),
-    ))
+    pebble.acme_section(&[PLAY, API], challenge, state_dir)
 }
 
 /// An HTTPS client for the ACME names, trusting only `root_pem`.

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod pebble;
+pub mod postgres;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -215,9 +216,16 @@ impl TestCerts {
     pub fn new() -> TestCerts {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "nakama-edge test CA");
+        // A name of its own: a client trusting several test CAs finds each leaf's issuer.
+        static N: AtomicUsize = AtomicUsize::new(0);
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!(
+                "nakama-edge test CA {}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ),
+        );
         params.key_usages = vec![
             rcgen::KeyUsagePurpose::KeyCertSign,
             rcgen::KeyUsagePurpose::CrlSign,
@@ -234,9 +242,18 @@ impl TestCerts {
     /// Write a fresh leaf certificate and key for `localhost`/`127.0.0.1`, and return the
     /// leaf's DER.
     pub fn write_leaf(&self, cert: &Path, key: &Path, common_name: &str) -> Vec<u8> {
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .unwrap();
+        let mut params = rcgen::CertificateParams::new(
+            [
+                "localhost",
+                "127.0.0.1",
+                "127.0.0.2",
+                "127.0.0.3",
+                "127.0.0.4",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .unwrap();
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, common_name);
@@ -292,6 +309,18 @@ impl Ports {
             http: addr(),
             admin: addr(),
             console: None,
+        }
+    }
+
+    /// The same ports on another loopback address (another edge of a cluster: the CA
+    /// validates on one port number, at whichever address DNS gives).
+    pub fn on(&self, ip: &str) -> Ports {
+        let at = |a: SocketAddr| SocketAddr::new(ip.parse().unwrap(), a.port());
+        Ports {
+            https: at(self.https),
+            http: at(self.http),
+            admin: at(self.admin),
+            console: self.console.map(at),
         }
     }
 

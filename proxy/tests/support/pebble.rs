@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{eventually, free_port, Ports, TempDir, TestCerts};
+use std::sync::Arc;
+
+use super::{eventually, free_port, Edge, Ports, TempDir, TestCerts};
 
 /// A running Pebble.
 pub struct Pebble {
@@ -22,6 +24,7 @@ pub struct Pebble {
     management: SocketAddr,
     config: PathBuf,
     dns_addr: SocketAddr,
+    dns_management: SocketAddr,
     env: Vec<(String, String)>,
     log: PathBuf,
     dir: TempDir,
@@ -71,6 +74,7 @@ impl Pebble {
         let config = dir.path().join("pebble-config.json");
         std::fs::write(&config, pebble_config.to_string()).unwrap();
         let dns_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let dns_management: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = dir.path().join("pebble.log");
         let dns = Command::new("pebble-challtestsrv")
             .args([
@@ -85,7 +89,7 @@ impl Pebble {
             ])
             .args([
                 "-management",
-                &format!("127.0.0.1:{}", free_port()),
+                &dns_management.to_string(),
                 "-defaultIPv4",
                 "127.0.0.1",
                 "-defaultIPv6",
@@ -105,6 +109,7 @@ impl Pebble {
             management,
             config,
             dns_addr,
+            dns_management,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -167,6 +172,51 @@ impl Pebble {
             .unwrap()
     }
 
+    /// The `[acme]` section of an edge ordering `domains` from this Pebble through
+    /// `challenge`, keeping its state in `state_dir`; retries after 1 s.
+    pub fn acme_section(
+        &self,
+        domains: &[&str],
+        challenge: &str,
+        state_dir: &std::path::Path,
+    ) -> String {
+        let domains: Vec<String> = domains.iter().map(|d| format!("\"{d}\"")).collect();
+        format!(
+            "[acme]\ndomains = [{}]\ndirectory = \"{}\"\ncontact = [\"mailto:ops@nakama-edge.test\"]\n\
+             challenge = \"{challenge}\"\nstate_dir = \"{}\"\ndirectory_ca = \"{}\"\nretry_backoff = \"1s\"\n",
+            domains.join(", "),
+            self.directory,
+            state_dir.display(),
+            self.https_ca.display()
+        )
+    }
+
+    /// Make DNS answer `host` with `ip` only (where the CA then validates its challenges).
+    pub async fn set_dns(&self, host: &str, ip: &str) {
+        let client = reqwest::Client::new();
+        let base = format!("http://{}", self.dns_management);
+        let host = format!("{host}.");
+        let clear = client
+            .post(format!("{base}/clear-a"))
+            .json(&serde_json::json!({"host": host}))
+            .send()
+            .await
+            .unwrap();
+        assert!(clear.status().is_success());
+        let add = client
+            .post(format!("{base}/add-a"))
+            .json(&serde_json::json!({"host": host, "addresses": [ip]}))
+            .send()
+            .await
+            .unwrap();
+        assert!(add.status().is_success());
+    }
+
+    /// Orders Pebble has been asked for.
+    pub fn orders(&self) -> usize {
+        self.log().matches("POST /order-plz").count()
+    }
+
     /// Stop Pebble (its state, accounts included, is in memory and is lost).
     pub fn stop(&mut self) {
         let _ = self.pebble.kill();
@@ -202,4 +252,50 @@ impl Drop for Pebble {
             eprintln!("---- pebble log ----\n{}", self.log());
         }
     }
+}
+
+pub fn client_config(root_pem: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile_certs(root_pem) {
+        roots.add(cert).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+pub fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| c.unwrap())
+        .collect()
+}
+
+/// The leaf the edge serves for `name`, to a client that trusts only `root_pem`; an error
+/// while the placeholder (or a certificate from another CA) is served. Also the ALPN chosen.
+pub async fn served_leaf(
+    edge: &Edge,
+    name: &str,
+    root_pem: &str,
+) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+    let tcp = tokio::net::TcpStream::connect(edge.https)
+        .await
+        .map_err(|e| e.to_string())?;
+    let connector =
+        tokio_rustls::TlsConnector::from(client_config(root_pem, &[b"h2", b"http/1.1"]));
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    let tls = connector
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let conn = tls.get_ref().1;
+    Ok((
+        conn.peer_certificates().unwrap()[0].to_vec(),
+        conn.alpn_protocol().map(<[u8]>::to_vec),
+    ))
 }

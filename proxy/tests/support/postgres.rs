@@ -197,6 +197,27 @@ impl Postgres {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Like [`Postgres::psql`], but `None` when the statement fails (a table not created yet).
+    pub fn try_psql(&self, sql: &str) -> Option<String> {
+        let out = run(
+            "psql",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-At",
+                "-c",
+                sql,
+            ],
+        );
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
     /// Its directory.
     pub fn dir(&self) -> &Path {
         &self.dir
