@@ -279,3 +279,87 @@ async fn a_bad_url_is_an_error_that_does_not_show_the_password() {
     .to_string();
     assert!(!err.contains("s3cret"), "{err}");
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it: (CA PEM, cert PEM, key PEM).
+fn tls_material(cn: &str) -> (String, String, String) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_to_the_database_is_verified_against_database_ca() {
+    let pg = Postgres::start();
+    let (ca, cert, key) = tls_material("db test CA");
+    pg.enable_tls(&cert, &key);
+    let ca_file = pg.dir().join("db-ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let url = pg.url().replace("sslmode=disable", "sslmode=require");
+    let verified = Database::new(&Settings {
+        url: url.clone(),
+        password_file: None,
+        ca: Some(ca_file),
+    })
+    .unwrap();
+    schema::migrate(&verified).await.unwrap();
+    assert_eq!(
+        pg.psql(
+            "SELECT COUNT(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE ssl AND application_name = 'nakama-edge'"
+        ),
+        "1",
+        "the edge's connection is encrypted"
+    );
+    // A server certificate from another CA is refused.
+    let (other_ca, _, _) = tls_material("another CA");
+    let other_file = pg.dir().join("other-ca.pem");
+    std::fs::write(&other_file, other_ca).unwrap();
+    let wrong = Database::new(&Settings {
+        url,
+        password_file: None,
+        ca: Some(other_file),
+    })
+    .unwrap();
+    let err = wrong.versions().await.unwrap_err().to_string();
+    assert!(!err.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_password_may_come_from_a_file() {
+    let pg = Postgres::start();
+    pg.psql("CREATE ROLE edge LOGIN PASSWORD 'from-the-file'");
+    pg.psql("GRANT CREATE, USAGE ON SCHEMA public TO edge");
+    // Password authentication for this role only.
+    let hba = pg.dir().join("data").join("pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all edge 127.0.0.1/32 scram-sha-256\n{text}"),
+    )
+    .unwrap();
+    pg.psql("SELECT pg_reload_conf()");
+    let file = pg.dir().join("password");
+    std::fs::write(&file, "from-the-file\n").unwrap();
+    let url = pg.url().replace("postgres@", "edge@");
+    let db = Database::new(&Settings {
+        url: url.clone(),
+        password_file: Some(file),
+        ca: None,
+    })
+    .unwrap();
+    schema::migrate(&db).await.unwrap();
+    let without = Database::new(&Settings {
+        url,
+        password_file: None,
+        ca: None,
+    })
+    .unwrap();
+    assert!(without.versions().await.is_err(), "no password, no entry");
+}

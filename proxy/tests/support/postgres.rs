@@ -117,6 +117,31 @@ impl Postgres {
         pg
     }
 
+    /// Turn TLS on with `cert_pem` and `key_pem` (for 127.0.0.1), and restart.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let (cert, key) = (self.data.join("server.crt"), self.data.join("server.key"));
+        std::fs::write(&cert, cert_pem).unwrap();
+        std::fs::write(&key, key_pem).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if is_root() {
+            for f in [&cert, &key] {
+                let ok = Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(f)
+                    .status()
+                    .unwrap();
+                assert!(ok.success());
+            }
+        }
+        let conf = self.data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).unwrap();
+        self.stop();
+        self.start_again();
+    }
+
     /// Start it (again, after [`Postgres::stop`]) on the same port, waiting until it accepts.
     pub fn start_again(&self) {
         let options = format!(
