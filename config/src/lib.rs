@@ -60,6 +60,17 @@ pub struct Config {
     pub log: Log,
     /// Several edges sharing state through one database; `None`: this edge alone.
     pub cluster: Option<Cluster>,
+    /// What the edge may know of the Nakama deployment.
+    pub nakama: Nakama,
+}
+
+/// `[nakama]`
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Nakama {
+    /// Nakama's `session.encryption_key`s: a session token signed (HS256) with one of them,
+    /// and not expired, identifies its user. Several during a rotation; none: players are
+    /// told apart by address only.
+    pub session_keys: Vec<Secret>,
 }
 
 /// `[cluster]`: the database several edges share their state through (the PostgreSQL or
@@ -67,8 +78,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
     /// How to reach the database (a `postgres://` URL). It may hold a password: it is never
-    /// printed ([`DatabaseUrl`]'s `Debug` shows none of it).
-    pub database: DatabaseUrl,
+    /// printed ([`Secret`]'s `Debug` shows none of it).
+    pub database: Secret,
     /// A file holding the database password, instead of one in the URL.
     pub database_password_file: Option<PathBuf>,
     /// A root certificate for the database's TLS (else the system's roots).
@@ -77,20 +88,20 @@ pub struct Cluster {
     pub name: String,
 }
 
-/// A database URL, kept out of every log and debug print.
+/// A secret (a database URL, a session key), kept out of every log and debug print.
 #[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(String);
+pub struct Secret(String);
 
-impl DatabaseUrl {
-    /// The URL itself, for the database client only.
+impl Secret {
+    /// The secret itself, for the one piece of code that uses it.
     pub fn expose(&self) -> &str {
         &self.0
     }
 }
 
-impl fmt::Debug for DatabaseUrl {
+impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("DatabaseUrl(..)")
+        f.write_str("Secret(..)")
     }
 }
 
@@ -275,6 +286,14 @@ pub struct RateLimit {
     pub connections_per_ip: u32,
     /// New connections per second per client.
     pub new_connections_per_second: u32,
+    /// Failed logins (401 from `/v2/account/authenticate/*`) per minute per account
+    /// identifier; past it, that account's logins get 429 until the minute is over.
+    pub login_failures_per_minute: u32,
+    /// Messages per second a player's WebSocket may send; past it (and its burst) the socket
+    /// is closed with 1008.
+    pub websocket_messages_per_second: u32,
+    /// Messages a WebSocket may send at once above the sustained rate.
+    pub websocket_message_burst: u32,
 }
 
 /// `[timeouts]`

@@ -21,6 +21,24 @@ pub(crate) struct RawConfig {
     pub timeouts: RawTimeouts,
     pub log: RawLog,
     pub cluster: S<RawCluster>,
+    pub nakama: S<RawNakama>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNakama {
+    #[serde(default)]
+    pub session_key: S<OneOrMany>,
+    #[serde(default)]
+    pub session_key_file: S<String>,
+}
+
+/// A string, or a list of them (a key and the one it replaces, during a rotation).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -128,6 +146,9 @@ pub(crate) struct RawRateLimit {
     pub auth_requests_per_minute: S<i64>,
     pub connections_per_ip: S<i64>,
     pub new_connections_per_second: S<i64>,
+    pub login_failures_per_minute: S<i64>,
+    pub websocket_messages_per_second: S<i64>,
+    pub websocket_message_burst: S<i64>,
 }
 
 #[derive(Deserialize, Default)]

@@ -285,32 +285,54 @@ impl Checker<'_> {
         let rl = &raw.rate_limit;
         let max = 10_000_000;
         let rate_limit = RateLimit {
+            // Defaults chosen for players behind one address (README, "Rate limits").
             requests_per_second: self.number(
                 &rl.requests_per_second,
                 "rate_limit.requests_per_second",
-                50,
+                200,
                 1,
                 max,
             ),
-            burst: self.number(&rl.burst, "rate_limit.burst", 100, 1, max),
+            burst: self.number(&rl.burst, "rate_limit.burst", 400, 1, max),
             auth_requests_per_minute: self.number(
                 &rl.auth_requests_per_minute,
                 "rate_limit.auth_requests_per_minute",
-                30,
+                1000,
                 1,
                 max,
             ),
             connections_per_ip: self.number(
                 &rl.connections_per_ip,
                 "rate_limit.connections_per_ip",
-                200,
+                2000,
                 1,
                 max,
             ),
             new_connections_per_second: self.number(
                 &rl.new_connections_per_second,
                 "rate_limit.new_connections_per_second",
-                50,
+                200,
+                1,
+                max,
+            ),
+            login_failures_per_minute: self.number(
+                &rl.login_failures_per_minute,
+                "rate_limit.login_failures_per_minute",
+                10,
+                1,
+                max,
+            ),
+            websocket_messages_per_second: self.number(
+                &rl.websocket_messages_per_second,
+                "rate_limit.websocket_messages_per_second",
+                100,
+                1,
+                max,
+            ),
+            websocket_message_burst: self.number(
+                &rl.websocket_message_burst,
+                "rate_limit.websocket_message_burst",
+                200,
                 1,
                 max,
             ),
@@ -401,6 +423,10 @@ impl Checker<'_> {
         };
 
         let cluster = raw.cluster.map(|c| self.cluster(c.into_inner()));
+        let nakama = raw
+            .nakama
+            .map(|n| self.nakama(n.into_inner()))
+            .unwrap_or_default();
 
         Config {
             server,
@@ -414,7 +440,54 @@ impl Checker<'_> {
             timeouts,
             log,
             cluster,
+            nakama,
         }
+    }
+
+    fn nakama(&mut self, raw: RawNakama) -> Nakama {
+        let mut keys: Vec<(String, Range<usize>)> = Vec::new();
+        match (&raw.session_key, &raw.session_key_file) {
+            (Some(_), Some(file)) => self.problem(
+                file.span(),
+                "nakama.session_key_file and nakama.session_key are one or the other",
+            ),
+            (Some(key), None) => match key.get_ref() {
+                OneOrMany::One(k) => keys.push((k.clone(), key.span())),
+                OneOrMany::Many(ks) => keys.extend(ks.iter().map(|k| (k.clone(), key.span()))),
+            },
+            (None, Some(file)) => match std::fs::read_to_string(file.get_ref()) {
+                // One key a line (the new one and the one it replaces, during a rotation).
+                Ok(text) => {
+                    let before = keys.len();
+                    keys.extend(
+                        text.lines()
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                            .map(|k| (k.to_string(), file.span())),
+                    );
+                    if keys.len() == before {
+                        self.problem(file.span(), "nakama.session_key_file holds no key");
+                    }
+                }
+                Err(e) => self.problem(
+                    file.span(),
+                    format!(
+                        "nakama.session_key_file: cannot read {}: {e}",
+                        file.get_ref()
+                    ),
+                ),
+            },
+            (None, None) => {}
+        }
+        let mut session_keys = Vec::new();
+        for (key, span) in keys {
+            if key.is_empty() {
+                self.problem(span, "nakama.session_key must not be empty");
+            } else {
+                session_keys.push(Secret(key));
+            }
+        }
+        Nakama { session_keys }
     }
 
     fn cluster(&mut self, raw: RawCluster) -> Cluster {
@@ -455,7 +528,7 @@ impl Checker<'_> {
             None => host_name(),
         };
         Cluster {
-            database: DatabaseUrl(url.clone()),
+            database: Secret(url.clone()),
             database_password_file: path(&raw.database_password_file),
             database_ca: path(&raw.database_ca),
             name,
