@@ -17,7 +17,8 @@
 //! | [`tunnel`] | WebSockets past their upgrade: the edge's own lean splice |
 //! | [`client_conn`] | a player's connection: header and WebSocket-idle deadlines, its slot |
 //! | [`proxy_protocol`] | PROXY protocol v1/v2 from trusted load balancers |
-//! | [`limits`] | per-client rate and connection limits |
+//! | [`limits`] | per-client rate and connection limits: per user (verified token), else per IP |
+//! | [`logins`] | failed logins per account identifier (brute force) |
 //! | [`retry_budget`] | how many requests may be retried on another node |
 //! | [`route`] | what a request is, from its head |
 //! | [`headers`] | which headers cross the edge: address claims and hop-by-hop headers stopped |
@@ -47,6 +48,7 @@ pub mod headers;
 pub mod health_check;
 pub mod limits;
 pub mod logging;
+pub mod logins;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

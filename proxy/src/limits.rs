@@ -1,11 +1,23 @@
 //! Per-client limits (governor): requests per second with a burst, a stricter budget for
-//! authentication, new connections per second, and concurrent connections.
+//! authentication, new connections per second, concurrent connections; failed logins per
+//! account; messages per second per WebSocket.
 //!
-//! Clients are keyed by IP address, IPv6 by its /64 (one subscriber's allocation). Memory
-//! stays bounded however many addresses arrive: a key whose budget has refilled is
-//! indistinguishable from a new one and is dropped by [`Limits::purge`], which runs every
-//! second and at once when a store grows past [`PURGE_ABOVE`] keys. Concurrent-connection
-//! counts exist only while connections do.
+//! ```text
+//!   a request with a verified session token ──► users: requests_per_second/burst per user
+//!   any other request (auth, http_key, none) ──► requests (+ auth): the same budget per IP
+//!   a connection ──► new_connections (rate) and open (count), per IP
+//!   a login ──► logins: failures per account identifier (401 from the node)
+//!   a WebSocket's client frames ──► MessageBudget, per socket
+//! ```
+//!
+//! Players behind one address (CGNAT, a venue) each have their own budget once their
+//! session token is verified (`[nakama] session_key`); the per-IP budgets are a coarse
+//! backstop, sized so that hundreds of players behind one address get through (README).
+//! IPs are keyed by address, IPv6 by its /64 (one subscriber's allocation). Memory stays
+//! bounded however many clients arrive: a key whose budget has refilled is indistinguishable
+//! from a new one and is dropped by [`Limits::purge`], which runs every second and at once
+//! when a store grows past [`PURGE_ABOVE`] keys; a login window is dropped once over.
+//! Concurrent-connection counts exist only while connections do.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -47,6 +59,9 @@ fn nonzero(n: u32) -> NonZeroU32 {
 pub struct Limits {
     config: RateLimit,
     requests: DefaultKeyedRateLimiter<ClientKey>,
+    users: DefaultKeyedRateLimiter<u128>,
+    /// Failed logins per account identifier.
+    pub logins: crate::logins::LoginFailures,
     auth: DefaultKeyedRateLimiter<ClientKey>,
     new_connections: DefaultKeyedRateLimiter<ClientKey>,
     /// Shared by every configuration: connections outlive reloads.
@@ -70,6 +85,8 @@ impl Limits {
         Limits {
             config: config.clone(),
             requests: RateLimiter::dashmap(per_second(config.requests_per_second, config.burst)),
+            users: RateLimiter::dashmap(per_second(config.requests_per_second, config.burst)),
+            logins: crate::logins::LoginFailures::new(config.login_failures_per_minute),
             auth: RateLimiter::dashmap(Quota::per_minute(nonzero(config.auth_requests_per_minute))),
             new_connections: RateLimiter::dashmap(per_second(
                 config.new_connections_per_second,
@@ -84,7 +101,10 @@ impl Limits {
         &self.config
     }
 
-    fn check(limiter: &DefaultKeyedRateLimiter<ClientKey>, key: ClientKey) -> Result<(), Limited> {
+    fn check<K: std::hash::Hash + Eq + Clone>(
+        limiter: &DefaultKeyedRateLimiter<K>,
+        key: K,
+    ) -> Result<(), Limited> {
         if limiter.len() > PURGE_ABOVE {
             limiter.retain_recent();
         }
@@ -102,6 +122,11 @@ impl Limits {
         Ok(())
     }
 
+    /// One request of the user with limiter key `user` (a verified session token's user id).
+    pub fn check_user(&self, user: u128) -> Result<(), Limited> {
+        Self::check(&self.users, user)
+    }
+
     /// A new connection from `key`: within the rate, and a slot among its open connections.
     pub fn admit_connection(&self, key: ClientKey) -> Result<ConnectionSlot, Limited> {
         Self::check(&self.new_connections, key)?;
@@ -116,11 +141,14 @@ impl Limits {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
+        self.users.retain_recent();
+        self.users.shrink_to_fit();
+        self.logins.purge();
     }
 
     /// Keys held across the limiters (for tests and metrics).
     pub fn tracked_keys(&self) -> usize {
-        self.requests.len() + self.auth.len() + self.new_connections.len()
+        self.requests.len() + self.auth.len() + self.new_connections.len() + self.users.len()
     }
 }
 
@@ -195,6 +223,36 @@ impl pingora_core::services::background::BackgroundService for PurgeTask {
     }
 }
 
+/// One WebSocket's budget of client messages: `rate` a second, `burst` at once (a token
+/// bucket, checked as frames start).
+#[derive(Debug, Clone)]
+pub struct MessageBudget {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl MessageBudget {
+    /// A full budget.
+    pub fn new(rate: u32, burst: u32) -> MessageBudget {
+        MessageBudget {
+            rate: f64::from(rate.max(1)),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Spend `messages` at `now`; `false`: over the budget.
+    pub fn spend(&mut self, messages: u32, now: std::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst) - f64::from(messages);
+        self.tokens >= 0.0
+    }
+}
+
 /// The seconds of a `Retry-After` header for `wait`: rounded up, at least 1.
 pub fn retry_after_secs(wait: Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.is_zero()))
@@ -211,7 +269,43 @@ mod tests {
             auth_requests_per_minute: auth_per_min,
             connections_per_ip: conns,
             new_connections_per_second: new_per_sec,
+            login_failures_per_minute: 10,
+            websocket_messages_per_second: 100,
+            websocket_message_burst: 200,
         }
+    }
+
+    #[test]
+    fn users_have_budgets_of_their_own() {
+        let limits = Limits::new(&config(1, 3, 100, 10, 100), Arc::default());
+        for _ in 0..3 {
+            assert_eq!(limits.check_user(1), Ok(()));
+        }
+        assert!(matches!(limits.check_user(1), Err(Limited::Rate(_))));
+        assert_eq!(
+            limits.check_user(2),
+            Ok(()),
+            "another user behind the same address"
+        );
+        assert_eq!(
+            limits.check_request(client_key(ip("10.0.0.1")), false),
+            Ok(()),
+            "the address's budget is apart"
+        );
+    }
+
+    #[test]
+    fn a_message_budget_allows_its_rate_and_burst() {
+        let start = std::time::Instant::now();
+        let mut b = MessageBudget::new(60, 120);
+        // 60 a second for 10 s, one every 1/60 s: never over.
+        for i in 1..=600u32 {
+            assert!(b.spend(1, start + Duration::from_secs_f64(f64::from(i) / 60.0)));
+        }
+        // A flood: the burst, then refused.
+        let mut flood = MessageBudget::new(60, 120);
+        let over = (0..500).filter(|_| !flood.spend(1, start)).count();
+        assert_eq!(over, 500 - 120);
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -303,18 +397,25 @@ mod tests {
     /// does in the edge: the store never holds more than what the last purge interval added,
     /// and empties once the budgets have refilled.
     #[test]
-    fn a_million_distinct_clients_stay_bounded() {
+    fn a_million_distinct_clients_users_and_login_identifiers_stay_bounded() {
         let limits = Limits::new(&config(50, 100, 30, 200, 50), Arc::default());
         let mut most = 0;
         for i in 0u32..1_000_000 {
             let key = client_key(IpAddr::V4(i.wrapping_mul(2_654_435_761).into()));
             assert_eq!(limits.check_request(key, false), Ok(()));
+            assert_eq!(limits.check_user(u128::from(i) << 64), Ok(()));
+            limits
+                .logins
+                .failed(u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             if i % 50_000 == 0 {
                 limits.purge();
             }
             most = most.max(limits.tracked_keys());
         }
-        assert!(most <= PURGE_ABOVE + 1, "at most {most} keys held");
+        // Addresses and users: each store at most what a purge interval added; login windows
+        // (a minute each) at most their cap.
+        assert!(most <= 2 * (PURGE_ABOVE + 1), "at most {most} keys held");
+        assert!(limits.logins.tracked() <= crate::logins::MAX_WINDOWS);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while limits.tracked_keys() > 0 {
             assert!(

@@ -26,6 +26,12 @@ pub enum RejectReason {
     ConnectionLimit,
     /// The console listener, from a peer not in `console_allow`.
     Console,
+    /// A player (verified session token) over their request budget.
+    User,
+    /// An account over its failed logins.
+    Login,
+    /// A WebSocket sending more messages than its budget, closed with 1008.
+    WebsocketFlood,
 }
 
 impl RejectReason {
@@ -35,6 +41,9 @@ impl RejectReason {
             RejectReason::RateLimit => "rate_limit",
             RejectReason::ConnectionLimit => "connection_limit",
             RejectReason::Console => "console",
+            RejectReason::User => "user",
+            RejectReason::Login => "login",
+            RejectReason::WebsocketFlood => "websocket_flood",
         }
     }
 }
@@ -212,7 +221,7 @@ impl Metrics {
         let rejected = IntCounterVec::new(
             Opts::new(
                 "nakama_edge_connections_rejected_total",
-                "Connections refused before HTTP, by reason.",
+                "Connections refused before HTTP, and requests or WebSockets refused by the limits, by reason (firewall, rate_limit, connection_limit, console, user, login, websocket_flood).",
             ),
             &["reason"],
         )
@@ -396,6 +405,9 @@ impl Metrics {
             RejectReason::RateLimit,
             RejectReason::ConnectionLimit,
             RejectReason::Console,
+            RejectReason::User,
+            RejectReason::Login,
+            RejectReason::WebsocketFlood,
         ] {
             rejected.with_label_values(&[reason.as_str()]);
         }

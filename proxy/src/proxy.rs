@@ -39,15 +39,15 @@ use tokio::net::TcpStream;
 use crate::client_conn::{ClientConn, MAX_HEAD_BYTES};
 use crate::firewall::canonical;
 use crate::headers;
-use crate::limits::{client_key, is_auth_path, retry_after_secs, Limited};
+use crate::limits::{client_key, is_auth_path, retry_after_secs, Limited, MessageBudget};
 use crate::logging;
-use crate::metrics::InFlight;
+use crate::metrics::{InFlight, RejectReason};
 use crate::pool::{Counted, Node, Tried};
 use crate::route::{classify, Listener, Route, ACME_CHALLENGE_PREFIX};
 use crate::state::{Shared, Snapshot};
 use crate::token;
 use crate::tunnel;
-use crate::ws_close::GOING_AWAY;
+use crate::ws_close::{Frames, GOING_AWAY, POLICY_VIOLATION};
 
 /// The proxy logic of one listener.
 pub struct Edge {
@@ -79,6 +79,8 @@ pub struct Ctx {
     body_bytes: u64,
     /// The status the edge's own WebSocket path answered with (pingora's session did not).
     tunneled: Option<u16>,
+    /// The account of a login, to count a failure (401) against.
+    login: Option<u64>,
     _counted: InFlight,
 }
 
@@ -130,6 +132,7 @@ impl ProxyHttp for Edge {
             body: Body::Untouched,
             body_bytes: 0,
             tunneled: None,
+            login: None,
             _counted: self.shared.metrics.request_started(),
         }
     }
@@ -148,6 +151,9 @@ impl ProxyHttp for Edge {
         }
         if matches!(ctx.route, Route::Api | Route::Grpc | Route::Console) {
             read_body_first(session, ctx).await?;
+            if let Some(limited) = self.over_login_failures(session, ctx) {
+                return limited.respond(session).await;
+            }
         }
         match ctx.route {
             Route::Acme => {
@@ -255,6 +261,11 @@ impl ProxyHttp for Edge {
     ) -> Result<()> {
         ctx.answered_at = Some(Instant::now());
         headers::strip_response(upstream);
+        if let Some(account) = ctx.login {
+            if upstream.status == http::StatusCode::UNAUTHORIZED {
+                ctx.snapshot.limits.logins.failed(account);
+            }
+        }
         if upstream.status == http::StatusCode::SWITCHING_PROTOCOLS && ctx.route == Route::WebSocket
         {
             if let Some(node) = ctx.node.and_then(|i| ctx.snapshot.pool.nodes.get(i)) {
@@ -631,6 +642,11 @@ impl Edge {
         let in_flight = ctx.in_flight.take();
         let runtime = node.runtime.clone();
         let shared = self.shared.clone();
+        let limits = &snapshot.config.rate_limit;
+        let mut budget = MessageBudget::new(
+            limits.websocket_messages_per_second,
+            limits.websocket_message_burst,
+        );
         tokio::spawn(async move {
             let since = Instant::now();
             let drain_check = || {
@@ -643,7 +659,27 @@ impl Edge {
                     }
                 }
             };
-            let (carried, ended) = tunnel::splice(client_stream, stream, drain_check).await;
+            // The client's messages, counted as their frames begin, on their way through: over
+            // the budget, the socket closes with 1008 and nothing more reaches the node.
+            let mut frames = Frames::frames_only();
+            let mut flooding = false;
+            let admit = |data: &[u8]| {
+                if flooding {
+                    return false;
+                }
+                let began = frames.advance(data);
+                if began == 0 || budget.spend(began, std::time::Instant::now()) {
+                    return true;
+                }
+                flooding = true;
+                shared.metrics.rejected(RejectReason::WebsocketFlood);
+                tracing::debug!("a WebSocket sent more messages than its budget: closed with 1008");
+                if let Some(closer) = &closer {
+                    closer.request(POLICY_VIOLATION);
+                }
+                false
+            };
+            let (carried, ended) = tunnel::splice(client_stream, stream, drain_check, admit).await;
             if let Err(e) = ended {
                 tracing::debug!(error = %e, "WebSocket ended on an error");
             }
@@ -868,21 +904,74 @@ impl RateLimited {
 }
 
 impl Edge {
-    /// The per-client request budget: players' routes only (not ACME, redirects or the console).
+    /// The request budget: players' routes only (not ACME, redirects or the console). A
+    /// request whose session token verifies spends its user's budget; any other (logins,
+    /// `http_key` calls, unverifiable tokens) its address's.
     fn over_rate_limit(&self, session: &Session, ctx: &Ctx) -> Option<RateLimited> {
         if !matches!(ctx.route, Route::Api | Route::WebSocket | Route::Grpc) {
             return None;
         }
-        let ip = client_ip(session)?;
-        let auth = is_auth_path(session.req_header().uri.path());
-        match ctx.snapshot.limits.check_request(client_key(ip), auth) {
+        let limits = &ctx.snapshot.limits;
+        let req = session.req_header();
+        let user = ctx.snapshot.verifier.as_ref().and_then(|v| {
+            let token = token::session_token(
+                req.uri.query(),
+                req.headers.get(header::AUTHORIZATION).map(|h| h.as_bytes()),
+            )?;
+            v.verify(token, unix_now())
+        });
+        let (result, reason) = match user {
+            Some(uid) => (limits.check_user(uid.key()), RejectReason::User),
+            None => {
+                let ip = client_ip(session)?;
+                let auth = is_auth_path(req.uri.path());
+                (
+                    limits.check_request(client_key(ip), auth),
+                    RejectReason::RateLimit,
+                )
+            }
+        };
+        match result {
             Ok(()) => None,
-            Err(Limited::Rate(wait)) => Some(RateLimited {
-                retry_after: retry_after_secs(wait),
-            }),
+            Err(Limited::Rate(wait)) => {
+                self.shared.metrics.rejected(reason);
+                Some(RateLimited {
+                    retry_after: retry_after_secs(wait),
+                })
+            }
             Err(Limited::Connections) => None,
         }
     }
+
+    /// A login (its body read first) for an account over its failed logins gets 429 until
+    /// its window ends; otherwise the account is remembered, to count a 401 against it.
+    fn over_login_failures(&self, session: &Session, ctx: &mut Ctx) -> Option<RateLimited> {
+        let path = session.req_header().uri.path();
+        if ctx.route != Route::Api || !path.starts_with("/v2/account/authenticate/") {
+            return None;
+        }
+        let body = session.as_downstream().get_retry_buffer()?;
+        let logins = &ctx.snapshot.limits.logins;
+        let account = logins.identifier(path, &body)?;
+        match logins.check(account) {
+            Ok(()) => {
+                ctx.login = Some(account);
+                None
+            }
+            Err(wait) => {
+                self.shared.metrics.rejected(RejectReason::Login);
+                Some(RateLimited {
+                    retry_after: retry_after_secs(wait),
+                })
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn ip_key(ip: Option<IpAddr>, buf: &mut [u8; 16]) -> &[u8] {

@@ -172,6 +172,13 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         initial.ready,
         drains,
     )?);
+    if shared.snapshot().verifier.is_none() {
+        let why = "no [nakama] session_key: request budgets are per client address, so players behind one address (mobile CGNAT, a venue) share one; set it to Nakama's session.encryption_key to give each player their own";
+        match &shared.source {
+            ConfigSource::Embedded => tracing::info!("{why}"),
+            ConfigSource::File(_) => tracing::warn!("{why}"),
+        }
+    }
     first_health_checks(&shared)?;
 
     // With --upgrade, this waits for the running process to hand its sockets over.

@@ -38,6 +38,9 @@ pub struct Snapshot {
     pub limits: Arc<Limits>,
     /// What decides routing, digested: edges that agree on it route a user alike.
     pub routing_digest: String,
+    /// Verifies session tokens (`[nakama] session_key`); `None`: players are told apart by
+    /// address only.
+    pub verifier: Option<crate::token::Verifier>,
 }
 
 impl Snapshot {
@@ -56,6 +59,9 @@ impl Snapshot {
         };
         Snapshot {
             routing_digest: crate::cluster::routing_digest(&config),
+            verifier: crate::token::Verifier::new(
+                config.nakama.session_keys.iter().map(|k| k.expose()),
+            ),
             config,
             pool,
             firewall,

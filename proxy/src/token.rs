@@ -1,12 +1,20 @@
-//! Reading the Nakama user id out of a session token, without the key.
+//! The Nakama user behind a session token.
 //!
 //! A session token is a JWT (`header.payload.signature`, base64url); its payload carries
-//! `uid`, the user id, stable across token refreshes and IP changes. The edge only needs it
-//! as a hash key, so the signature is not checked here: Nakama checks it, and a forged `uid`
-//! only chooses which node rejects the socket.
+//! `uid`, the user id, stable across token refreshes and IP changes, and `exp`.
+//!
+//! * [`user_id`] reads the `uid` without the key: enough to choose a WebSocket's node (Nakama
+//!   checks the signature, and a forged `uid` only chooses which node rejects the socket).
+//! * [`Verifier::verify`] checks the HS256 signature against Nakama's
+//!   `session.encryption_key` (`[nakama] session_key`, several during a rotation) and the
+//!   expiry: only a token that passes identifies a user to the rate limits. Nothing is
+//!   allocated: the keyed MAC state is made once per config, the payload decoded on the
+//!   stack.
 
 use base64::Engine;
+use hmac::{Hmac, Mac};
 use serde::Deserialize;
+use sha2::Sha256;
 
 /// A user id copied out of a token, on the stack.
 #[derive(Clone, Copy)]
@@ -35,13 +43,19 @@ const MAX_PAYLOAD: usize = 2048;
 struct Claims<'a> {
     #[serde(borrow)]
     uid: Option<&'a str>,
+    exp: Option<u64>,
 }
 
-/// The `uid` claim of `token`, if the token is a readable JWT that has one.
-pub fn user_id(token: &str) -> Option<UserId> {
+/// A token's three parts, if it has exactly three.
+fn parts(token: &str) -> Option<(&str, &str, &str)> {
     let mut parts = token.split('.');
-    let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || payload.len() > MAX_PAYLOAD * 4 / 3 + 4 {
+    let (header, payload, sig) = (parts.next()?, parts.next()?, parts.next()?);
+    parts.next().is_none().then_some((header, payload, sig))
+}
+
+/// The `uid` (and `exp`) of a JWT payload, decoded on the stack.
+fn claims(payload: &str) -> Option<(UserId, Option<u64>)> {
+    if payload.len() > MAX_PAYLOAD * 4 / 3 + 4 {
         return None;
     }
     let mut buf = [0u8; MAX_PAYLOAD];
@@ -55,10 +69,98 @@ pub fn user_id(token: &str) -> Option<UserId> {
     }
     let mut bytes = [0u8; 64];
     bytes[..uid.len()].copy_from_slice(uid);
-    Some(UserId {
-        bytes,
-        len: uid.len() as u8,
-    })
+    Some((
+        UserId {
+            bytes,
+            len: uid.len() as u8,
+        },
+        claims.exp,
+    ))
+}
+
+/// The `uid` claim of `token`, if the token is a readable JWT that has one (not verified).
+pub fn user_id(token: &str) -> Option<UserId> {
+    let (_header, payload, _sig) = parts(token)?;
+    claims(payload).map(|(uid, _)| uid)
+}
+
+impl UserId {
+    /// The id as a limiter key: a Nakama user id is a UUID, whose 128 bits are the key;
+    /// anything else is hashed to 128 bits.
+    pub fn key(&self) -> u128 {
+        let text = self.as_bytes();
+        let hex: Option<u128> = (text.len() == 36)
+            .then(|| {
+                text.iter()
+                    .filter(|&&b| b != b'-')
+                    .try_fold(0u128, |acc, &b| {
+                        (b as char).to_digit(16).map(|d| (acc << 4) | u128::from(d))
+                    })
+            })
+            .flatten();
+        hex.unwrap_or_else(|| {
+            // FNV-1a, twice over: a key, not a security measure (the token was verified).
+            let fnv = |seed: u64| {
+                text.iter().fold(seed, |h, &b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                })
+            };
+            (u128::from(fnv(0xcbf2_9ce4_8422_2325)) << 64) | u128::from(fnv(0x8422_2325_cbf2_9ce4))
+        })
+    }
+}
+
+/// Verifies session tokens with Nakama's `session.encryption_key`s.
+#[derive(Clone)]
+pub struct Verifier {
+    /// One keyed HMAC-SHA256 state per key, made once: each check starts from a copy.
+    keys: Vec<Hmac<Sha256>>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys.
+        write!(f, "Verifier({} key(s))", self.keys.len())
+    }
+}
+
+/// The length of an HS256 signature.
+const SIGNATURE: usize = 32;
+
+impl Verifier {
+    /// A verifier for `keys`; `None` when there is none.
+    pub fn new<'a>(keys: impl IntoIterator<Item = &'a str>) -> Option<Verifier> {
+        let keys: Vec<Hmac<Sha256>> = keys
+            .into_iter()
+            .filter_map(|k| Hmac::<Sha256>::new_from_slice(k.as_bytes()).ok())
+            .collect();
+        (!keys.is_empty()).then_some(Verifier { keys })
+    }
+
+    /// The user `token` identifies: signed (HS256) with one of the keys, and not expired at
+    /// `now` (Unix seconds). `None` for anything else: a forged, expired or unreadable token
+    /// identifies nobody.
+    pub fn verify(&self, token: &str, now: u64) -> Option<UserId> {
+        let (header, payload, sig) = parts(token)?;
+        let mut signature = [0u8; SIGNATURE + 2];
+        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode_slice(sig.trim_end_matches('='), &mut signature)
+            .ok()?;
+        if n != SIGNATURE {
+            return None;
+        }
+        let signed = &token.as_bytes()[..header.len() + 1 + payload.len()];
+        let genuine = self.keys.iter().any(|key| {
+            let mut mac = key.clone();
+            mac.update(signed);
+            mac.verify_slice(&signature[..SIGNATURE]).is_ok()
+        });
+        if !genuine {
+            return None;
+        }
+        let (uid, exp) = claims(payload)?;
+        (exp? > now).then_some(uid)
+    }
 }
 
 /// The session token of a WebSocket upgrade: the `token` query parameter, else an
@@ -115,6 +217,73 @@ mod tests {
         }
         let huge = jwt(&format!(r#"{{"uid":"{}"}}"#, "x".repeat(5000)));
         assert!(user_id(&huge).is_none());
+    }
+
+    /// A token as Nakama signs it: HS256 over `header.payload` with `key`.
+    fn signed(key: &str, payload: &str) -> String {
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let unsigned = format!(
+            "{}.{}",
+            e.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+            e.encode(payload)
+        );
+        let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).unwrap();
+        mac.update(unsigned.as_bytes());
+        format!("{unsigned}.{}", e.encode(mac.finalize().into_bytes()))
+    }
+
+    const UID: &str = "0b0e7d9a-1b7b-4b6e-9d1e-1f6d2a3b4c5d";
+
+    #[test]
+    fn only_a_token_signed_with_a_key_and_not_expired_identifies_a_user() {
+        let v = Verifier::new(["old-key", "new-key"]).unwrap();
+        let claims = format!(r#"{{"tid":"t","uid":"{UID}","usn":"u","exp":2000}}"#);
+        for key in ["old-key", "new-key"] {
+            let uid = v.verify(&signed(key, &claims), 1999).unwrap();
+            assert_eq!(uid.as_bytes(), UID.as_bytes());
+        }
+        assert!(
+            v.verify(&signed("other-key", &claims), 1999).is_none(),
+            "forged"
+        );
+        assert!(
+            v.verify(&signed("new-key", &claims), 2000).is_none(),
+            "expired"
+        );
+        let no_exp = format!(r#"{{"uid":"{UID}"}}"#);
+        assert!(
+            v.verify(&signed("new-key", &no_exp), 1).is_none(),
+            "no expiry"
+        );
+        // A payload changed after signing.
+        let good = signed("new-key", &claims);
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let other = e.encode(claims.replace("0b0e", "ffff"));
+        parts[1] = &other;
+        assert!(v.verify(&parts.join("."), 1999).is_none(), "tampered");
+        for junk in [
+            "",
+            "a.b",
+            "a.b.c",
+            &format!("{}.x", &good[..good.rfind('.').unwrap()]),
+        ] {
+            assert!(v.verify(junk, 0).is_none(), "{junk}");
+        }
+        assert!(Verifier::new(Vec::<&str>::new()).is_none());
+        assert_eq!(format!("{v:?}"), "Verifier(2 key(s))");
+    }
+
+    #[test]
+    fn a_uuid_is_its_own_key_and_other_ids_are_hashed() {
+        let t = jwt(&format!(r#"{{"uid":"{UID}"}}"#));
+        assert_eq!(
+            user_id(&t).unwrap().key(),
+            0x0b0e7d9a_1b7b_4b6e_9d1e_1f6d2a3b4c5d
+        );
+        let a = user_id(&jwt(r#"{"uid":"player-1"}"#)).unwrap().key();
+        let b = user_id(&jwt(r#"{"uid":"player-2"}"#)).unwrap().key();
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -287,12 +287,20 @@ pub struct Carried {
 }
 
 /// Copy between `client` and `node` until either ends (the other is then shut down), or an
-/// error. `on_traffic` runs after every read that carried bytes, either way.
-pub async fn splice<C, N, F>(client: C, node: N, on_traffic: F) -> (Carried, io::Result<()>)
+/// error. `on_traffic` runs after every read that carried bytes, either way. `admit` sees
+/// every piece the client sends before it goes on: `false` drops it (the client is over its
+/// budget and being closed).
+pub async fn splice<C, N, F, A>(
+    client: C,
+    node: N,
+    on_traffic: F,
+    admit: A,
+) -> (Carried, io::Result<()>)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     N: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(),
+    A: FnMut(&[u8]) -> bool,
 {
     let mut splice = Splice {
         client,
@@ -300,6 +308,7 @@ where
         to_node: Half::default(),
         to_client: Half::default(),
         on_traffic,
+        admit,
     };
     let result = std::future::poll_fn(|cx| splice.poll(cx)).await;
     // One side has ended: end the other too, as best it can be.
@@ -312,27 +321,37 @@ where
     (carried, result)
 }
 
-struct Splice<C, N, F> {
+struct Splice<C, N, F, A> {
     client: C,
     node: N,
     to_node: Half,
     to_client: Half,
     on_traffic: F,
+    admit: A,
 }
 
-impl<C, N, F> Splice<C, N, F>
+impl<C, N, F, A> Splice<C, N, F, A>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     N: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(),
+    A: FnMut(&[u8]) -> bool,
 {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let up = self
-            .to_node
-            .poll(&mut self.client, &mut self.node, cx, &mut self.on_traffic)?;
-        let down =
-            self.to_client
-                .poll(&mut self.node, &mut self.client, cx, &mut self.on_traffic)?;
+        let up = self.to_node.poll(
+            &mut self.client,
+            &mut self.node,
+            cx,
+            &mut self.on_traffic,
+            &mut self.admit,
+        )?;
+        let down = self.to_client.poll(
+            &mut self.node,
+            &mut self.client,
+            cx,
+            &mut self.on_traffic,
+            &mut |_: &[u8]| true,
+        )?;
         if up.is_ready() || down.is_ready() {
             Poll::Ready(Ok(()))
         } else {
@@ -359,17 +378,19 @@ enum Step {
 
 impl Half {
     /// `Ready(Ok)` when `src` has ended and everything read is written.
-    fn poll<R, W, F>(
+    fn poll<R, W, F, A>(
         &mut self,
         src: &mut R,
         dst: &mut W,
         cx: &mut Context<'_>,
         on_traffic: &mut F,
+        admit: &mut A,
     ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
         F: FnMut(),
+        A: FnMut(&[u8]) -> bool,
     {
         loop {
             while self.written < self.pending.len() {
@@ -387,7 +408,7 @@ impl Half {
                 ready!(Pin::new(&mut *dst).poll_flush(cx))?;
                 self.needs_flush = false;
             }
-            match self.read_through(src, dst, cx)? {
+            match self.read_through(src, dst, cx, admit)? {
                 Step::Pending => return Poll::Pending,
                 Step::Ended => return Poll::Ready(Ok(())),
                 Step::Moved(n) => {
@@ -399,17 +420,19 @@ impl Half {
         }
     }
 
-    /// Read what `src` has into the thread's scratch buffer and write as much of it to `dst`
-    /// as it takes now; keep the rest.
-    fn read_through<R, W>(
+    /// Read what `src` has into the thread's scratch buffer and, if `admit` lets it, write as
+    /// much of it to `dst` as it takes now; keep the rest.
+    fn read_through<R, W, A>(
         &mut self,
         src: &mut R,
         dst: &mut W,
         cx: &mut Context<'_>,
+        admit: &mut A,
     ) -> io::Result<Step>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
+        A: FnMut(&[u8]) -> bool,
     {
         SCRATCH.with(|cell| {
             let Ok(mut scratch) = cell.try_borrow_mut() else {
@@ -427,6 +450,9 @@ impl Half {
                 return Ok(Step::Ended);
             }
             let data = &scratch[..n];
+            if !admit(data) {
+                return Ok(Step::Moved(0));
+            }
             let mut written = 0;
             while written < n {
                 match Pin::new(&mut *dst).poll_write(cx, &data[written..]) {
@@ -531,7 +557,7 @@ mod tests {
         let (node, mut nakama) = duplex(64);
         let mut traffic = 0;
         let run = tokio::spawn(async move {
-            let (carried, result) = splice(client, node, || traffic += 1).await;
+            let (carried, result) = splice(client, node, || traffic += 1, |_| true).await;
             (carried, result.is_ok(), traffic)
         });
         // More than the duplex holds at once: the writer pushes back and the rest waits.

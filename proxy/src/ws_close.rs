@@ -14,6 +14,8 @@ use std::task::Waker;
 
 /// "Going away" (RFC 6455): the server is shutting down or restarting.
 pub const GOING_AWAY: u16 = 1001;
+/// "Policy violation" (RFC 6455): here, a client sending more messages than its budget.
+pub const POLICY_VIOLATION: u16 = 1008;
 
 /// Where the server-to-client byte stream is, frame-wise.
 #[derive(Debug, Clone)]
@@ -56,8 +58,18 @@ fn parse_header(h: &[u8]) -> Option<(usize, u64)> {
 }
 
 impl Frames {
-    /// Account for `bytes` written to the client.
-    pub fn advance(&mut self, mut bytes: &[u8]) {
+    /// A stream that starts with a frame (a client's, after the upgrade).
+    pub fn frames_only() -> Frames {
+        Frames::Header {
+            buf: [0; 14],
+            have: 0,
+        }
+    }
+
+    /// Account for `bytes` of the stream; how many frames began in them (each frame, control
+    /// frames and fragments included, counts once, as its first byte passes).
+    pub fn advance(&mut self, mut bytes: &[u8]) -> u32 {
+        let mut began = 0u32;
         while let Some((&b, rest)) = bytes.split_first() {
             match self {
                 Frames::Head { matched } => {
@@ -78,6 +90,9 @@ impl Frames {
                     bytes = rest;
                 }
                 Frames::Header { buf, have } => {
+                    if *have == 0 {
+                        began = began.saturating_add(1);
+                    }
                     buf[*have] = b;
                     *have += 1;
                     bytes = rest;
@@ -107,6 +122,7 @@ impl Frames {
                 }
             }
         }
+        began
     }
 
     /// Whether a frame may be inserted now: between frames, after the response head.
@@ -279,6 +295,32 @@ mod tests {
             pos = end;
             assert_eq!(t.at_boundary(), ends.contains(&pos), "after {pos}");
         }
+    }
+
+    #[test]
+    fn frames_are_counted_as_they_begin_however_the_bytes_split() {
+        // Masked client frames: a 5-byte text, an empty ping, a 300-byte binary.
+        let masked = |opcode: u8, payload: &[u8]| {
+            let mut f = vec![0x80 | opcode];
+            if payload.len() < 126 {
+                f.push(0x80 | payload.len() as u8);
+            } else {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+            }
+            f.extend_from_slice(&[1, 2, 3, 4]);
+            f.extend_from_slice(payload);
+            f
+        };
+        let mut stream = masked(1, b"hello");
+        stream.extend(masked(9, b""));
+        stream.extend(masked(2, &[9u8; 300]));
+        let mut whole = Frames::frames_only();
+        assert_eq!(whole.advance(&stream), 3);
+        let mut split = Frames::frames_only();
+        let counted: u32 = stream.chunks(7).map(|c| split.advance(c)).sum();
+        assert_eq!(counted, 3);
+        assert!(split.at_boundary());
     }
 
     #[test]

@@ -32,6 +32,9 @@ struct Node {
     health_checks: AtomicU64,
     /// TCP connections open now (the edge's pooled and in-use connections to this node).
     connections: AtomicI64,
+    /// Email accounts and their passwords (Nakama keeps them in its database; one stand-in
+    /// keeps its own).
+    emails: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -115,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
         requests: AtomicU64::new(0),
         health_checks: AtomicU64::new(0),
         connections: AtomicI64::new(0),
+        emails: Default::default(),
     });
     let http = TcpListener::bind(args.listen)
         .await
@@ -189,6 +193,50 @@ fn bearer<B>(req: &Request<B>) -> Option<&str> {
         .strip_prefix("Bearer ")
 }
 
+/// Nakama's email login: 401 for a wrong password, 404 for an unknown account unless
+/// `create=true`, 400 for a password under 8 characters.
+async fn authenticate_email(node: &Node, req: Request<Incoming>) -> Response<Body> {
+    if !basic_ok(node, &req) {
+        return error(StatusCode::UNAUTHORIZED, "Server key invalid");
+    }
+    let create = query_param(&req, "create") == Some("true");
+    let Some(body) = body_json(req).await else {
+        return error(StatusCode::BAD_REQUEST, "bad body");
+    };
+    let (Some(email), Some(password)) = (body["email"].as_str(), body["password"].as_str()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Email address and password are required.",
+        );
+    };
+    if password.len() < 8 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Password must be at least 8 characters long.",
+        );
+    }
+    let known = node
+        .emails
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(email)
+        .cloned();
+    let created = match known {
+        Some(stored) if stored == password => false,
+        Some(_) => return error(StatusCode::UNAUTHORIZED, "Invalid credentials."),
+        None if create => {
+            node.emails
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(email.to_string(), password.to_string());
+            true
+        }
+        None => return error(StatusCode::NOT_FOUND, "User account not found."),
+    };
+    let uid = token::user_id_for_device(email);
+    session(node, &uid, &format!("user{}", &uid[..8]), created)
+}
+
 fn basic_ok(node: &Node, req: &Request<Incoming>) -> bool {
     let expected =
         base64::engine::general_purpose::STANDARD.encode(format!("{}:", node.server_key));
@@ -246,6 +294,7 @@ async fn handle(node: Arc<Node>, mut req: Request<Incoming>) -> Result<Response<
             }),
         ),
         (Method::POST, "/v2/account/authenticate/device") => authenticate_device(&node, req).await,
+        (Method::POST, "/v2/account/authenticate/email") => authenticate_email(&node, req).await,
         (Method::POST, "/v2/account/session/refresh") => refresh(&node, req).await,
         (_, p) if p.starts_with("/v2/rpc/") => {
             // Nakama reads the payload before running the function.
