@@ -76,6 +76,24 @@ fn tokens(c: &mut Criterion) {
     });
 }
 
+fn verify(c: &mut Criterion) {
+    use hmac::{Hmac, Mac};
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let unsigned = format!(
+        "{}.{}",
+        e.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+        e.encode(r#"{"tid":"6f1d2c4e-8a2b-4c1d-9e3f-0a1b2c3d4e5f","uid":"0b0e7d9a-1b7b-4b6e-9d1e-1f6d2a3b4c5d","usn":"player123","vrs":{},"exp":4000000000,"iat":1800000000}"#)
+    );
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"defaultencryptionkey").expect("key");
+    mac.update(unsigned.as_bytes());
+    let token = format!("{unsigned}.{}", e.encode(mac.finalize().into_bytes()));
+    let verifier = token::Verifier::new(["defaultencryptionkey"]).expect("verifier");
+    assert!(verifier.verify(&token, 1_900_000_000).is_some());
+    c.bench_function("verify a session token (HS256) and read its user", |b| {
+        b.iter(|| black_box(verifier.verify(black_box(&token), 1_900_000_000)))
+    });
+}
+
 fn firewall(c: &mut Criterion) {
     // 10,000 distinct /24s in deny, allow everything.
     let deny: Vec<String> = (0..10_000u32)
@@ -193,6 +211,6 @@ fn head_scan(c: &mut Criterion) {
 criterion_group! {
     name = hot_path;
     config = Criterion::default().warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
-    targets = pick, tokens, firewall, rate_limit, metrics, headers, retry_budget, head_scan
+    targets = pick, tokens, verify, firewall, rate_limit, metrics, headers, retry_budget, head_scan
 }
 criterion_main!(hot_path);

@@ -3,7 +3,9 @@
 // session and connects again, asking the node behind the socket who it is each time.
 //
 // Usage: EDGE_PORT=8443 NODE_EXTRA_CA_CERTS=ca.pem node sticky.mjs PLAYERS
-// Prints one JSON line: [{device, userId, nodes: [...], refreshed: bool}, ...]
+//   SOURCES=127.0.0.1 (default 127.0.0.1,127.0.0.2,127.0.0.3): the addresses to connect from;
+//   ROUNDS=3 (default 1): do it all that many times over (the same players each round).
+// Prints one JSON line: [{device, userId, nodes: [...], refreshed: bool}, ...] (every round's).
 
 import { Client } from "@heroiclabs/nakama-js";
 import WebSocketImpl from "ws";
@@ -19,6 +21,8 @@ globalThis.WebSocket = class extends WebSocketImpl {
 
 const port = process.env.EDGE_PORT;
 const players = Number(process.argv[2] ?? "10");
+const sources = (process.env.SOURCES ?? "127.0.0.1,127.0.0.2,127.0.0.3").split(",");
+const rounds = Number(process.env.ROUNDS ?? "1");
 const client = new Client("defaultkey", "localhost", port, true, 10000);
 
 async function nodeBehind(session, source) {
@@ -31,18 +35,19 @@ async function nodeBehind(session, source) {
 }
 
 const results = [];
+for (let round = 0; round < rounds; round++)
 for (let i = 0; i < players; i++) {
   const device = `nakama-js-device-${String(i).padStart(4, "0")}`;
   const session = await client.authenticateDevice(device, true);
   const nodes = [];
-  for (const source of ["127.0.0.1", "127.0.0.2", "127.0.0.3"]) {
+  for (const source of sources) {
     nodes.push(await nodeBehind(session, source));
   }
   const tokenBefore = session.token;
   const userIdBefore = session.user_id;
   // nakama-js updates the session object in place.
   const refreshed = await client.sessionRefresh(session);
-  nodes.push(await nodeBehind(refreshed, "127.0.0.2"));
+  nodes.push(await nodeBehind(refreshed, sources[sources.length > 1 ? 1 : 0]));
   results.push({
     device,
     userId: userIdBefore,

@@ -814,6 +814,23 @@ impl Ws {
     pub async fn close(mut self) {
         let _ = self.inner.close(None).await;
     }
+
+    /// Send `n` text messages as fast as the socket takes them; how many went out before the
+    /// edge stopped taking them.
+    pub async fn flood(&mut self, n: usize) -> usize {
+        for i in 0..n {
+            if self
+                .inner
+                .feed(Message::Text(format!("{{\"cid\":\"f{i}\"}}").into()))
+                .await
+                .is_err()
+            {
+                return i;
+            }
+        }
+        let _ = self.inner.flush().await;
+        n
+    }
 }
 
 /// `whoami` over HTTP through the edge, with the http_key.
