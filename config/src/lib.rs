@@ -30,6 +30,24 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use duration::parse_duration;
+
+/// Ports a node must never be reached on through a public listener: Nakama's console and
+/// console gRPC.
+pub const CONSOLE_PORTS: [u16; 2] = [7351, 7348];
+/// Nakama's Prometheus endpoint (its usual port): for the scraper, never for players.
+pub const METRICS_PORT: u16 = 9100;
+
+/// Why players must never reach a node on `port`, or `None` when they may: what refuses a
+/// `[[nodes]]` address in the config and a discovered one at run time alike.
+pub fn refused_node_port(port: u16) -> Option<&'static str> {
+    if CONSOLE_PORTS.contains(&port) {
+        Some("a Nakama console port: it must never be exposed to players")
+    } else if port == METRICS_PORT {
+        Some("Nakama's metrics port: it is for the Prometheus scraper, never for players")
+    } else {
+        None
+    }
+}
 pub use ipnet::IpNet;
 
 /// The embedded development default, served by `nakama-edge run` without `-c`.
@@ -62,6 +80,45 @@ pub struct Config {
     pub cluster: Option<Cluster>,
     /// What the edge may know of the Nakama deployment.
     pub nakama: Nakama,
+    /// Nodes found in DNS, beside `nodes`.
+    pub discover: Vec<Discover>,
+}
+
+/// One `[[discover]]` entry: nodes found in DNS, named `<name>-<address>:<port>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discover {
+    /// The entry's name, the prefix of its nodes' names.
+    pub name: String,
+    /// Where the nodes are found.
+    pub source: DnsSource,
+    /// Each node's gRPC port, on its address.
+    pub grpc_port: Option<u16>,
+    /// Each node's console port, on its address (for `listeners.console` only).
+    pub console_port: Option<u16>,
+    /// Each node's weight.
+    pub weight: u32,
+    /// How often to look again (sooner when the records' TTL is shorter).
+    pub interval: Duration,
+    /// DNS servers to ask; empty: the system's (`/etc/resolv.conf`).
+    pub resolvers: Vec<SocketAddr>,
+}
+
+/// What a `[[discover]]` entry looks up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsSource {
+    /// A and AAAA records of `host`: one node per address, on `port`.
+    Addresses {
+        /// The name to look up, as written: with a final `.` it is absolute; without, the
+        /// resolver's search domains apply as for any lookup (`nakama.game` in Kubernetes).
+        host: String,
+        /// The nodes' HTTP port.
+        port: u16,
+    },
+    /// SRV records of `name`: one node per target, on the record's port.
+    Srv {
+        /// The name to look up (`_api._tcp.nakama.service.consul`), as written.
+        name: String,
+    },
 }
 
 /// `[nakama]`
@@ -398,8 +455,15 @@ impl Config {
             .cluster
             .as_ref()
             .map_or_else(String::new, |c| format!("; cluster member {:?}", c.name));
+        let discover = match self.discover.len() {
+            0 => String::new(),
+            n => format!(
+                " and {n} [[discover]] entr{}",
+                if n == 1 { "y" } else { "ies" }
+            ),
+        };
         format!(
-            "ok: {} node(s); https {} ({certs}), http {} ({}), admin {}{cluster}",
+            "ok: {} node(s){discover}; https {} ({certs}), http {} ({}), admin {}{cluster}",
             self.nodes.len(),
             addr(self.listeners.https),
             addr(self.listeners.http),

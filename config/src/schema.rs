@@ -22,6 +22,29 @@ pub(crate) struct RawConfig {
     pub log: RawLog,
     pub cluster: S<RawCluster>,
     pub nakama: S<RawNakama>,
+    pub discover: Vec<RawDiscover>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDiscover {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub dns: S<String>,
+    #[serde(default)]
+    pub srv: S<String>,
+    #[serde(default)]
+    pub port: S<i64>,
+    #[serde(default)]
+    pub grpc_port: S<i64>,
+    #[serde(default)]
+    pub console_port: S<i64>,
+    #[serde(default)]
+    pub weight: S<i64>,
+    #[serde(default)]
+    pub interval: S<String>,
+    #[serde(default)]
+    pub resolvers: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -13,12 +13,6 @@ use toml::Spanned;
 use crate::schema::*;
 use crate::*;
 
-/// Ports a node must never be reached on through a public listener: Nakama's console and
-/// console gRPC.
-const CONSOLE_PORTS: [u16; 2] = [7351, 7348];
-/// Nakama's Prometheus endpoint (its usual port): for the scraper, never for players.
-const METRICS_PORT: u16 = 9100;
-
 struct Checker<'a> {
     text: &'a str,
     problems: Vec<(usize, String)>,
@@ -427,6 +421,7 @@ impl Checker<'_> {
             .nakama
             .map(|n| self.nakama(n.into_inner()))
             .unwrap_or_default();
+        let discover = self.discover(&raw.discover, &nodes);
 
         Config {
             server,
@@ -441,7 +436,165 @@ impl Checker<'_> {
             log,
             cluster,
             nakama,
+            discover,
         }
+    }
+
+    /// A port that a node may be reached on by players: not a console or metrics port.
+    fn node_port(&mut self, value: &S<i64>, key: &str) -> Option<u16> {
+        let v = value.as_ref()?;
+        let port = match u16::try_from(*v.get_ref()) {
+            Ok(p) if p > 0 => p,
+            _ => {
+                self.problem(v.span(), format!("{key} must be a port (1 to 65535)"));
+                return None;
+            }
+        };
+        if let Some(why) = refused_node_port(port) {
+            self.problem(v.span(), format!("{key} {port} is {why}"));
+        }
+        Some(port)
+    }
+
+    fn discover(&mut self, raw: &[RawDiscover], nodes: &[Node]) -> Vec<Discover> {
+        let mut names: HashSet<String> = HashSet::new();
+        let mut out = Vec::new();
+        for d in raw {
+            let name = d.name.get_ref().clone();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                self.problem(
+                    d.name.span(),
+                    format!("discover.name {name:?} must be letters, digits, '-', '_' or '.'"),
+                );
+            } else if !names.insert(name.clone()) {
+                self.problem(
+                    d.name.span(),
+                    format!("discover.name {name:?} is used twice"),
+                );
+            } else if nodes
+                .iter()
+                .any(|n| n.name.starts_with(&format!("{name}-")))
+            {
+                self.problem(
+                    d.name.span(),
+                    format!("discover.name {name:?} would name nodes like a [[nodes]] entry does"),
+                );
+            }
+            let port = self.node_port(&d.port, "discover.port");
+            let source = match (&d.dns, &d.srv) {
+                (Some(host), None) => match port {
+                    Some(port) => Some(DnsSource::Addresses {
+                        host: host.get_ref().clone(),
+                        port,
+                    }),
+                    None => {
+                        if d.port.is_none() {
+                            self.problem(
+                                host.span(),
+                                "discover.dns needs discover.port (the nodes' HTTP port)",
+                            );
+                        }
+                        None
+                    }
+                },
+                (None, Some(srv)) => {
+                    if let Some(p) = &d.port {
+                        self.problem(
+                            p.span(),
+                            "discover.port is for dns; an SRV record carries its own port",
+                        );
+                    }
+                    Some(DnsSource::Srv {
+                        name: srv.get_ref().clone(),
+                    })
+                }
+                (Some(_), Some(srv)) => {
+                    self.problem(
+                        srv.span(),
+                        "discover.dns and discover.srv are one or the other",
+                    );
+                    None
+                }
+                (None, None) => {
+                    self.problem(d.name.span(), "discover needs dns (with port) or srv");
+                    None
+                }
+            };
+            for (host, key) in [(&d.dns, "discover.dns"), (&d.srv, "discover.srv")] {
+                if let Some(h) = host {
+                    let text = h.get_ref().trim_end_matches('.');
+                    let valid = !text.is_empty()
+                        && text.split('.').all(|label| {
+                            !label.is_empty()
+                                && label.len() <= 63
+                                && label
+                                    .chars()
+                                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                        });
+                    if !valid {
+                        self.problem(h.span(), format!("{key} {text:?} is not a DNS name"));
+                    }
+                }
+            }
+            let grpc_port = self.node_port(&d.grpc_port, "discover.grpc_port");
+            let console_port =
+                d.console_port
+                    .as_ref()
+                    .and_then(|v| match u16::try_from(*v.get_ref()) {
+                        Ok(p) if p > 0 => Some(p),
+                        _ => {
+                            self.problem(
+                                v.span(),
+                                "discover.console_port must be a port (1 to 65535)",
+                            );
+                            None
+                        }
+                    });
+            let weight = self.number(&d.weight, "discover.weight", 1, 1, 1000);
+            let interval = self.duration(
+                &d.interval,
+                "discover.interval",
+                Duration::from_secs(5),
+                true,
+            );
+            if let Some(v) = &d.interval {
+                if !interval.is_zero() && interval < Duration::from_secs(1) {
+                    self.problem(
+                        v.span(),
+                        "discover.interval must be at least 1s: a DNS server is not a health check",
+                    );
+                }
+            }
+            let mut resolvers = Vec::new();
+            for r in &d.resolvers {
+                let text = r.get_ref();
+                match text.parse::<SocketAddr>().or_else(|_| {
+                    text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53))
+                }) {
+                    Ok(a) => resolvers.push(a),
+                    Err(_) => self.problem(
+                        r.span(),
+                        format!("discover.resolvers: {text:?} is not an address (10.0.0.2:53 or 10.0.0.2)"),
+                    ),
+                }
+            }
+            if let Some(source) = source {
+                out.push(Discover {
+                    name,
+                    source,
+                    grpc_port,
+                    console_port,
+                    weight,
+                    interval,
+                    resolvers,
+                });
+            }
+        }
+        out
     }
 
     fn nakama(&mut self, raw: RawNakama) -> Nakama {

@@ -290,3 +290,119 @@ fn a_bad_cluster_section_points_at_its_mistakes_without_echoing_the_url() {
     let p = one_problem("[cluster]\ndatabase = \"postgres://db/x\"\npassword = \"x\"\n");
     assert_eq!(p.line, 3, "unknown keys are errors: {}", p.message);
 }
+
+#[test]
+fn discover_entries_are_read_with_their_defaults() {
+    let c = Config::parse(
+        r#"
+[[discover]]
+name = "k8s"
+dns = "nakama.game.svc.cluster.local"
+port = 7350
+grpc_port = 7349
+
+[[discover]]
+name = "consul"
+srv = "_api._tcp.nakama.service.consul."
+interval = "30s"
+weight = 3
+resolvers = ["127.0.0.1:8600", "::1", "10.0.0.2"]
+"#,
+        "t",
+    )
+    .unwrap();
+    assert!(c.nodes.is_empty(), "discovery alone is a valid config");
+    assert_eq!(c.discover.len(), 2);
+    let k8s = &c.discover[0];
+    assert_eq!(
+        k8s.source,
+        DnsSource::Addresses {
+            host: "nakama.game.svc.cluster.local".into(),
+            port: 7350
+        }
+    );
+    assert_eq!(k8s.grpc_port, Some(7349));
+    assert_eq!(k8s.interval, Duration::from_secs(5));
+    assert_eq!(k8s.weight, 1);
+    assert!(k8s.resolvers.is_empty(), "the system's resolvers");
+    let consul = &c.discover[1];
+    assert_eq!(
+        consul.source,
+        DnsSource::Srv {
+            name: "_api._tcp.nakama.service.consul.".into()
+        }
+    );
+    assert_eq!(consul.interval, Duration::from_secs(30));
+    assert_eq!(consul.weight, 3);
+    assert_eq!(
+        consul.resolvers,
+        vec![
+            "127.0.0.1:8600".parse().unwrap(),
+            "[::1]:53".parse().unwrap(),
+            "10.0.0.2:53".parse().unwrap()
+        ]
+    );
+    assert!(
+        c.summary().contains("2 [[discover]] entries"),
+        "{}",
+        c.summary()
+    );
+}
+
+#[test]
+fn discover_mistakes_point_at_their_keys() {
+    let entry = |body: &str| format!("[[discover]]\nname = \"d\"\n{body}");
+    let cases: &[(&str, u32, &str)] = &[
+        ("dns = \"n.test\"\nport = 7351\n", 4, "console port"),
+        ("dns = \"n.test\"\nport = 9100\n", 4, "metrics port"),
+        (
+            "dns = \"n.test\"\nport = 7350\ngrpc_port = 7348\n",
+            5,
+            "console port",
+        ),
+        ("dns = \"n.test\"\n", 3, "needs discover.port"),
+        (
+            "srv = \"_api._tcp.n.test\"\nport = 7350\n",
+            4,
+            "SRV record carries its own port",
+        ),
+        (
+            "dns = \"n.test\"\nsrv = \"_api._tcp.n.test\"\nport = 1\n",
+            4,
+            "one or the other",
+        ),
+        ("interval = \"5s\"\n", 2, "needs dns (with port) or srv"),
+        ("dns = \"n..test\"\nport = 7350\n", 3, "not a DNS name"),
+        (
+            "dns = \"n.test\"\nport = 7350\nresolvers = [\"dns.google\"]\n",
+            5,
+            "not an address",
+        ),
+        (
+            "dns = \"n.test\"\nport = 7350\ninterval = \"100ms\"\n",
+            5,
+            "at least 1s",
+        ),
+        ("dns = \"n.test\"\nport = 70000\n", 4, "must be a port"),
+    ];
+    for (body, line, message) in cases {
+        let p = one_problem(&entry(body));
+        assert_eq!(p.line as u32, *line, "{body}: {p:?}");
+        assert!(p.message.contains(message), "{body}: {}", p.message);
+    }
+    // Two entries of one name, and a name whose nodes would look like a [[nodes]] entry's.
+    let p = one_problem(
+        "[[discover]]\nname = \"d\"\nsrv = \"_a._tcp.x\"\n[[discover]]\nname = \"d\"\nsrv = \"_b._tcp.x\"\n",
+    );
+    assert_eq!(p.line, 5);
+    assert!(p.message.contains("used twice"), "{}", p.message);
+    let p = one_problem(
+        "[[nodes]]\nname = \"nakama-1\"\naddress = \"127.0.0.1:7350\"\n[[discover]]\nname = \"nakama\"\nsrv = \"_a._tcp.x\"\n",
+    );
+    assert_eq!(p.line, 5);
+    assert!(
+        p.message.contains("like a [[nodes]] entry"),
+        "{}",
+        p.message
+    );
+}
