@@ -13,7 +13,7 @@ use nakama_edge::drains::Drains;
 use nakama_edge::firewall::Firewall;
 use nakama_edge::limits::{client_key, Limits, OpenConnections};
 use nakama_edge::metrics::Metrics;
-use nakama_edge::pool::{Pool, Registry, Tried};
+use nakama_edge::pool::{Member, Pool, Registry, Tried};
 use nakama_edge::route::Route;
 use nakama_edge::token;
 use nakama_edge_config::Config;
@@ -31,8 +31,10 @@ fn config(nodes: usize, extra: &str) -> Config {
 }
 
 fn healthy_pool(nodes: usize) -> Pool {
+    let config = config(nodes, "");
     let pool = Pool::build(
-        &config(nodes, ""),
+        &config,
+        &Member::configured(&config),
         &Registry::default(),
         &Drains::in_memory(),
     );
@@ -137,7 +139,7 @@ fn metrics(c: &mut Criterion) {
         b.iter(|| metrics.request(black_box(200), Route::Api, black_box("nakama-3"), 0.002))
     });
     c.bench_function("render /metrics (10 nodes, 360 request series)", |b| {
-        b.iter(|| black_box(metrics.render(&pool, None)))
+        b.iter(|| black_box(metrics.render(&pool, &[], None)))
     });
 }
 

@@ -121,6 +121,17 @@ pub enum DnsSource {
     },
 }
 
+impl DnsSource {
+    /// What is looked up, as an operator wrote it: `A/AAAA nakama.game:7350` or
+    /// `SRV _api._tcp.nakama.service.consul`.
+    pub fn name(&self) -> String {
+        match self {
+            DnsSource::Addresses { host, port } => format!("A/AAAA {host} (port {port})"),
+            DnsSource::Srv { name } => format!("SRV {name}"),
+        }
+    }
+}
+
 /// `[nakama]`
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Nakama {

@@ -5,7 +5,7 @@
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when listeners are bound, the certificate is not a placeholder and a node is routable; else 503 and why |
-//! | `GET /nodes` | JSON: name, address, state, health, drained_by, http_in_flight, websockets (with `[cluster]`: every live edge's, summed; `this_edge` has this one's) |
+//! | `GET /nodes` | JSON: name, address, discovered_by (the `[[discover]]` entry, for a node found in DNS), state, health, drained_by, http_in_flight, websockets (with `[cluster]`: every live edge's, summed; `this_edge` has this one's) |
 //! | `GET /cluster` | JSON: the live edges (name, version, last_seen, routing_digest, self); 404 without `[cluster]` |
 //! | `POST /nodes/{name}/drain`, `/undrain` | runtime drain, saved (in the cluster database, whence every edge applies it, and in `server.state_dir`) before it applies; 404 for an unknown node; 503 when the cluster database is unreachable and 500 when `state_dir` cannot be written (nothing changed) |
 //!
@@ -74,6 +74,9 @@ impl AdminApi {
 pub struct NodeView<'a> {
     name: &'a str,
     address: String,
+    /// The `[[discover]]` entry that found the node; absent for a `[[nodes]]` entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    discovered_by: Option<&'a str>,
     state: NodeState,
     health: Health,
     drained_by: DrainedBy,
@@ -96,6 +99,7 @@ impl<'a> NodeView<'a> {
         NodeView {
             name: &node.config.name,
             address: node.config.address.to_string(),
+            discovered_by: node.origin.discovered_by(),
             state: node.runtime.state(),
             health: node.runtime.health(),
             drained_by: node.runtime.drained_by(),
@@ -156,9 +160,11 @@ impl ServeHttp for AdminApi {
             "/metrics" if get => respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                self.shared
-                    .metrics
-                    .render(pool, self.shared.served_certificate().as_ref()),
+                self.shared.metrics.render(
+                    pool,
+                    &snapshot.config.discover,
+                    self.shared.served_certificate().as_ref(),
+                ),
             ),
             "/healthz" if get => text(StatusCode::OK, "ok"),
             "/readyz" if get => match self.shared.not_ready() {
@@ -198,6 +204,7 @@ impl ServeHttp for AdminApi {
             }
             _ => match drain_request(&path) {
                 Some((name, drain)) if method == Method::POST => {
+                    let name = name.as_str();
                     match (self.shared.set_drain(name, drain).await, pool.by_name(name)) {
                         (Ok(Some(())), Some(node)) => {
                             let view = NodeView::of(node, cluster);
@@ -239,10 +246,12 @@ impl ServeHttp for AdminApi {
     }
 }
 
-/// `/nodes/{name}/drain` → `(name, true)`, `/nodes/{name}/undrain` → `(name, false)`.
-fn drain_request(path: &str) -> Option<(&str, bool)> {
+/// `/nodes/{name}/drain` → `(name, true)`, `/nodes/{name}/undrain` → `(name, false)`. The
+/// name may be percent-encoded (a discovered IPv6 node is `k8s-[2001:db8::7]:7350`).
+fn drain_request(path: &str) -> Option<(String, bool)> {
     let rest = path.strip_prefix("/nodes/")?;
     let (name, action) = rest.rsplit_once('/')?;
+    let name = percent_decode(name)?;
     if name.is_empty() || name.contains('/') {
         return None;
     }
@@ -253,20 +262,49 @@ fn drain_request(path: &str) -> Option<(&str, bool)> {
     }
 }
 
+/// `%XX` escapes decoded; `None` for a broken escape or a result that is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::drain_request;
 
     #[test]
     fn drain_paths() {
+        let request = |name: &str, drain| Some((name.to_string(), drain));
         assert_eq!(
             drain_request("/nodes/nakama-1/drain"),
-            Some(("nakama-1", true))
+            request("nakama-1", true)
         );
         assert_eq!(
             drain_request("/nodes/nakama-1/undrain"),
-            Some(("nakama-1", false))
+            request("nakama-1", false)
         );
+        assert_eq!(
+            drain_request("/nodes/k8s-127.0.0.11:7350/drain"),
+            request("k8s-127.0.0.11:7350", true)
+        );
+        assert_eq!(
+            drain_request("/nodes/k8s-%5B2001:db8::7%5D:7350/drain"),
+            request("k8s-[2001:db8::7]:7350", true)
+        );
+        assert_eq!(drain_request("/nodes/a%2Fb/drain"), None);
+        assert_eq!(drain_request("/nodes/a%2/drain"), None);
         assert_eq!(drain_request("/nodes//drain"), None);
         assert_eq!(drain_request("/nodes/a/b/drain"), None);
         assert_eq!(drain_request("/nodes/a/stop"), None);

@@ -31,6 +31,7 @@ use prometheus::IntGauge;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
+use crate::pool::{Member, Origin};
 use crate::state::Shared;
 
 /// How often the topics' versions are polled: a drain applies on every edge within this (and
@@ -115,11 +116,16 @@ impl ClusterLink {
     }
 }
 
-/// A digest of what decides where a request goes: the nodes (name, addresses, weight) and the
-/// routing settings. Edges with equal digests send the same user to the same node.
-pub fn routing_digest(config: &Config) -> String {
+/// A digest of what decides where a request goes: the nodes (name, addresses, weight; a node
+/// gone from DNS counts no more, as it takes no new work) and the routing settings. Edges
+/// with equal digests send the same user to the same node.
+pub fn routing_digest(config: &Config, members: &[Member]) -> String {
     let mut hash = Sha256::new();
-    let mut nodes: Vec<_> = config.nodes.iter().collect();
+    let mut nodes: Vec<_> = members
+        .iter()
+        .filter(|m| !matches!(m.origin, Origin::Departed(_)))
+        .map(|m| &m.config)
+        .collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     for n in nodes {
         hash.update(format!(
@@ -235,7 +241,7 @@ impl ClusterSync {
                 .iter()
                 .map(|e| format!("{}={}", e.heartbeat.name, e.heartbeat.routing_digest))
                 .collect();
-            tracing::warn!(edges = %by_edge.join(" "), "live edges route differently (their [[nodes]] or [routing] differ): the same player may be sent to different nodes");
+            tracing::warn!(edges = %by_edge.join(" "), "live edges route differently (their [[nodes]], discovered nodes or [routing] differ): the same player may be sent to different nodes");
         }
         gauges.routing_mismatch.set(i64::from(mismatch));
         self.link.live.store(Arc::new(live));

@@ -6,7 +6,8 @@
 //!   HealthChecker ── one check_loop per node runtime ── record_check ──► NodeRuntime health
 //! ```
 //!
-//! The supervisor starts loops for nodes a reload adds and stops those of nodes it removes.
+//! The supervisor starts loops for nodes a reload or discovery adds and stops those of nodes
+//! they remove.
 //! Settings are read from the current snapshot at each check, so a reload changes them live.
 
 use std::collections::HashMap;
@@ -41,7 +42,7 @@ impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tasks: HashMap<usize, JoinHandle<()>> = HashMap::new();
         loop {
-            let reloaded = self.shared.reloaded.notified();
+            let reloaded = self.shared.pool_changed.notified();
             tokio::pin!(reloaded);
             reloaded.as_mut().enable();
 

@@ -23,6 +23,7 @@
 //! | [`route`] | what a request is, from its head |
 //! | [`headers`] | which headers cross the edge: address claims and hop-by-hop headers stopped |
 //! | [`pool`] | nodes, their state, and node selection |
+//! | [`discovery`] | nodes found in DNS (`[[discover]]`): lookups, departures, the sweep |
 //! | [`health_check`] | active health checks, and the first round before serving |
 //! | [`drains`] | runtime drains, kept in `server.state_dir` across restarts and upgrades |
 //! | [`cluster`] | several edges: what this one shares through the cluster database, and learns |
@@ -42,6 +43,7 @@ pub mod admin;
 pub mod allocator;
 pub mod client_conn;
 pub mod cluster;
+pub mod discovery;
 pub mod drains;
 pub mod firewall;
 pub mod headers;

@@ -58,6 +58,10 @@ enum Command {
         /// The config file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Also look up each [[discover]] entry now and show the nodes it finds (exit 2 when a
+        /// lookup fails).
+        #[arg(long)]
+        resolve: bool,
     },
     /// Drain a node: no new requests or WebSockets.
     Drain {
@@ -136,9 +140,24 @@ fn execute(command: Command) -> Result<(), Failure> {
             })?;
             Ok(())
         }
-        Command::Check { config } => {
+        Command::Check { config, resolve } => {
             let config = Config::load(&config).map_err(config_failure)?;
             println!("{}", config.summary());
+            if resolve && !config.discover.is_empty() {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Failure::Other(format!("cannot start the lookups: {e}")))?;
+                let (lines, all_ok) = runtime.block_on(nakama_edge::discovery::describe(&config));
+                for line in lines {
+                    println!("{line}");
+                }
+                if !all_ok {
+                    return Err(Failure::Other(
+                        "a [[discover]] lookup failed (see above)".into(),
+                    ));
+                }
+            }
             Ok(())
         }
         Command::Drain {
@@ -209,7 +228,12 @@ fn admin_request(admin: &str, method: &str, path: &str) -> Result<(u16, String),
 }
 
 fn post_drain(admin: &str, node: &str, action: &str) -> Result<String, Failure> {
-    match admin_request(admin, "POST", &format!("/nodes/{node}/{action}"))? {
+    // A discovered IPv6 node's name has brackets, which a request path cannot carry as they are.
+    let path = node
+        .replace('%', "%25")
+        .replace('[', "%5B")
+        .replace(']', "%5D");
+    match admin_request(admin, "POST", &format!("/nodes/{path}/{action}"))? {
         (200, body) => Ok(body.trim().to_string()),
         (404, _) => Err(Failure::User(format!("unknown node {node:?}"))),
         (status, body) => Err(Failure::Other(format!(

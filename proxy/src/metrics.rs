@@ -4,15 +4,18 @@
 //! codes come from a table), so counting a request allocates nothing. Node gauges are derived
 //! from the live pool at scrape time, so they can never drift from the state they describe.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use nakama_edge_certs::info::CertInfo;
+use nakama_edge_config::Discover;
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::pool::Pool;
+use crate::pool::{Origin, Pool};
 use crate::route::Route;
 
 /// Why a connection was refused before any HTTP was spoken.
@@ -93,6 +96,8 @@ pub struct Metrics {
     websocket_duration: Histogram,
     bytes_received: IntCounterVec,
     bytes_sent: IntCounterVec,
+    discovery_lookups: IntCounterVec,
+    discovered_nodes: IntGaugeVec,
 }
 
 /// Why a TLS handshake failed: a bounded set, read from the error.
@@ -297,6 +302,22 @@ impl Metrics {
             &["node"],
         )
         .map_err(metric_error)?;
+        let discovery_lookups = IntCounterVec::new(
+            Opts::new(
+                "nakama_edge_discovery_lookups_total",
+                "DNS lookups of [[discover]] entries, by entry and result (success, empty, failure, timeout).",
+            ),
+            &["discover", "result"],
+        )
+        .map_err(metric_error)?;
+        let discovered_nodes = IntGaugeVec::new(
+            Opts::new(
+                "nakama_edge_discovered_nodes",
+                "Nodes a [[discover]] entry finds in its records now (not counting departed ones still draining).",
+            ),
+            &["discover"],
+        )
+        .map_err(metric_error)?;
         let in_flight = IntGauge::new(
             "nakama_edge_http_requests_in_flight",
             "Requests being answered now.",
@@ -378,6 +399,8 @@ impl Metrics {
             Box::new(websocket_duration.clone()),
             Box::new(bytes_received.clone()),
             Box::new(bytes_sent.clone()),
+            Box::new(discovery_lookups.clone()),
+            Box::new(discovered_nodes.clone()),
             Box::new(start_time),
             Box::new(build_info),
         ] {
@@ -436,7 +459,27 @@ impl Metrics {
             websocket_duration,
             bytes_received,
             bytes_sent,
+            discovery_lookups,
+            discovered_nodes,
         })
+    }
+
+    /// One lookup of the `[[discover]]` entry `entry`; `result` is `success`, `empty`,
+    /// `failure` or `timeout`.
+    pub fn discovery_lookup(&self, entry: &str, result: &str) {
+        self.discovery_lookups
+            .with_label_values(&[entry, result])
+            .inc();
+    }
+
+    /// Drop every series of the node `name`: it has left the pool (gone from DNS and drained,
+    /// or removed from the config), so it is gone from the metrics too.
+    pub fn forget_node(&self, name: &str) {
+        forget(&self.requests, name);
+        forget(&self.health_checks, name);
+        forget(&self.health_check_duration, name);
+        forget(&self.upstream_connect_failures, name);
+        forget(&self.upstream_retries, name);
     }
 
     /// A connection to `node` failed.
@@ -567,9 +610,22 @@ impl Metrics {
 
     /// The text exposition, with node gauges read from `pool` and certificate expiry from
     /// `certificate` (the served one, when it is not a placeholder).
-    pub fn render(&self, pool: &Pool, certificate: Option<&CertInfo>) -> Vec<u8> {
-        for g in [&self.websockets, &self.node_up, &self.node_draining] {
+    pub fn render(
+        &self,
+        pool: &Pool,
+        discover: &[Discover],
+        certificate: Option<&CertInfo>,
+    ) -> Vec<u8> {
+        for g in [
+            &self.websockets,
+            &self.node_up,
+            &self.node_draining,
+            &self.discovered_nodes,
+        ] {
             g.reset();
+        }
+        for entry in discover {
+            self.discovered_nodes.with_label_values(&[&entry.name]);
         }
         self.certificate_expiry.reset();
         if let Some(info) = certificate {
@@ -591,11 +647,32 @@ impl Metrics {
             self.node_draining
                 .with_label_values(&name)
                 .set(rt.is_draining() as i64);
+            if let Origin::Discovered(entry) = &n.origin {
+                self.discovered_nodes.with_label_values(&[entry]).inc();
+            }
         }
         let mut out = Vec::with_capacity(8192);
         // Encoding into a Vec cannot fail for the text format.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+/// Remove the series of `vec` whose `node` label is `node`.
+fn forget<T: MetricVecBuilder>(vec: &MetricVec<T>, node: &str) {
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels = metric.get_label();
+            if labels
+                .iter()
+                .any(|l| l.name() == "node" && l.value() == node)
+            {
+                let values: HashMap<&str, &str> =
+                    labels.iter().map(|l| (l.name(), l.value())).collect();
+                // Gone already (another scrape raced it): nothing to do.
+                let _ = vec.remove(&values);
+            }
+        }
     }
 }
 

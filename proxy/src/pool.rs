@@ -2,7 +2,8 @@
 //! goes to.
 //!
 //! ```text
-//!   Config.nodes ──► Pool (one per config snapshot) ──► pick_round_robin / pick_sticky / pick_grpc
+//!   Config.nodes ─┐
+//!   discovery ────┴► members ──► Pool (one per snapshot) ──► pick_round_robin / pick_sticky / pick_grpc
 //!                     │ nodes[i].runtime
 //!                     ▼
 //!   Registry ──► NodeRuntime (per node name; survives reloads): health, drain, in-flight, WebSockets
@@ -53,7 +54,7 @@ pub enum NodeState {
     Healthy,
     /// Out of rotation until it passes checks again.
     Unhealthy,
-    /// Drained by config or the admin API: no new work.
+    /// Drained by config, the admin API, or gone from DNS: no new work.
     Draining,
     /// Not checked yet.
     Unknown,
@@ -72,6 +73,7 @@ pub struct NodeRuntime {
     fail_streak: AtomicU32,
     config_drain: AtomicBool,
     runtime_drain: AtomicBool,
+    departed: AtomicBool,
     /// Milliseconds since [`epoch`] when draining began, 0 when not draining.
     draining_since: AtomicU64,
     http_in_flight: AtomicI64,
@@ -90,7 +92,8 @@ fn now_millis() -> u64 {
 }
 
 impl NodeRuntime {
-    fn new(config: &NodeConfig, runtime_drain: bool) -> Self {
+    fn new(member: &Member, runtime_drain: bool) -> Self {
+        let config = &member.config;
         let rt = NodeRuntime {
             name: config.name.clone(),
             address: config.address,
@@ -99,11 +102,13 @@ impl NodeRuntime {
             fail_streak: AtomicU32::new(0),
             config_drain: AtomicBool::new(false),
             runtime_drain: AtomicBool::new(runtime_drain),
+            departed: AtomicBool::new(false),
             draining_since: AtomicU64::new(0),
             http_in_flight: AtomicI64::new(0),
             websockets: AtomicI64::new(0),
         };
         rt.set_config_drain(config.drain);
+        rt.set_departed(member.origin.is_departed());
         rt
     }
 
@@ -116,17 +121,25 @@ impl NodeRuntime {
         }
     }
 
-    /// Whether the node is drained by config or the admin API.
+    /// Whether the node is drained by config, the admin API, or its absence from DNS.
     pub fn is_draining(&self) -> bool {
-        self.config_drain.load(Ordering::Relaxed) || self.runtime_drain.load(Ordering::Relaxed)
+        self.config_drain.load(Ordering::Relaxed)
+            || self.runtime_drain.load(Ordering::Relaxed)
+            || self.departed.load(Ordering::Relaxed)
     }
 
-    /// Who drains the node: either one is enough.
+    /// Who drains the node: any one is enough.
     pub fn drained_by(&self) -> DrainedBy {
         DrainedBy {
             config: self.config_drain.load(Ordering::Relaxed),
             runtime: self.runtime_drain.load(Ordering::Relaxed),
+            dns: self.departed.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether no request or WebSocket to the node is left through this edge.
+    pub fn is_idle(&self) -> bool {
+        self.http_in_flight() <= 0 && self.websockets() <= 0
     }
 
     /// Healthy and not draining: may get new requests and WebSockets.
@@ -214,6 +227,11 @@ impl NodeRuntime {
         self.update_draining_since();
     }
 
+    fn set_departed(&self, departed: bool) {
+        self.departed.store(departed, Ordering::Relaxed);
+        self.update_draining_since();
+    }
+
     /// Drain (or undrain) at runtime (the admin API, see [`crate::drains`]).
     pub fn set_runtime_drain(&self, drain: bool) {
         self.runtime_drain.store(drain, Ordering::Relaxed);
@@ -281,14 +299,16 @@ impl Drop for Counted {
     }
 }
 
-/// Who drains a node, shown as `drained_by` in `GET /nodes`: `["config"]`, `["runtime"]`,
-/// both, or none.
+/// Who drains a node, shown as `drained_by` in `GET /nodes`: any of `"config"`, `"runtime"`
+/// and `"dns"`, or none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DrainedBy {
     /// `drain = true` in the config file.
     pub config: bool,
     /// The admin API or the CLI.
     pub runtime: bool,
+    /// A discovered node gone from its DNS records.
+    pub dns: bool,
 }
 
 impl Serialize for DrainedBy {
@@ -301,7 +321,59 @@ impl Serialize for DrainedBy {
         if self.runtime {
             seq.serialize_element("runtime")?;
         }
+        if self.dns {
+            seq.serialize_element("dns")?;
+        }
         seq.end()
+    }
+}
+
+/// Where a node of the pool comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A `[[nodes]]` entry.
+    Config,
+    /// Found by the `[[discover]]` entry of this name, and in its records.
+    Discovered(Arc<str>),
+    /// Found by that entry and gone from its records since: draining until its work is done
+    /// or `routing.drain_timeout` passes, then removed.
+    Departed(Arc<str>),
+}
+
+impl Origin {
+    /// The `[[discover]]` entry that found the node, if one did.
+    pub fn discovered_by(&self) -> Option<&str> {
+        match self {
+            Origin::Config => None,
+            Origin::Discovered(entry) | Origin::Departed(entry) => Some(entry),
+        }
+    }
+
+    fn is_departed(&self) -> bool {
+        matches!(self, Origin::Departed(_))
+    }
+}
+
+/// A node a pool is built from: its settings and where they come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Name, addresses, weight and config drain.
+    pub config: NodeConfig,
+    /// A `[[nodes]]` entry, or found in DNS.
+    pub origin: Origin,
+}
+
+impl Member {
+    /// The members of the config's `[[nodes]]`.
+    pub fn configured(config: &Config) -> Vec<Member> {
+        config
+            .nodes
+            .iter()
+            .map(|n| Member {
+                config: n.clone(),
+                origin: Origin::Config,
+            })
+            .collect()
     }
 }
 
@@ -312,19 +384,20 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The runtimes for `nodes`: existing ones where name and address are unchanged, new ones
-    /// (drained if `drains` says so) otherwise. Runtimes of nodes no longer configured are
+    /// The runtimes for `members`: existing ones where name and address are unchanged, new
+    /// ones (drained if `drains` says so) otherwise. Runtimes of nodes no longer members are
     /// forgotten.
-    pub fn runtimes_for(&self, nodes: &[NodeConfig], drains: &Drains) -> Vec<Arc<NodeRuntime>> {
+    pub fn runtimes_for(&self, members: &[Member], drains: &Drains) -> Vec<Arc<NodeRuntime>> {
         let mut by_name = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
-        let runtimes: Vec<Arc<NodeRuntime>> = nodes
+        let runtimes: Vec<Arc<NodeRuntime>> = members
             .iter()
-            .map(|n| match by_name.get(&n.name) {
-                Some(rt) if rt.address == n.address => {
-                    rt.set_config_drain(n.drain);
+            .map(|m| match by_name.get(&m.config.name) {
+                Some(rt) if rt.address == m.config.address => {
+                    rt.set_config_drain(m.config.drain);
+                    rt.set_departed(m.origin.is_departed());
                     rt.clone()
                 }
-                _ => Arc::new(NodeRuntime::new(n, drains.is_drained(&n.name))),
+                _ => Arc::new(NodeRuntime::new(m, drains.is_drained(&m.config.name))),
             })
             .collect();
         *by_name = runtimes
@@ -340,6 +413,8 @@ impl Registry {
 pub struct Node {
     /// Its configuration.
     pub config: NodeConfig,
+    /// A `[[nodes]]` entry, or found in DNS.
+    pub origin: Origin,
     /// Its live state.
     pub runtime: Arc<NodeRuntime>,
     /// How to reach its HTTP API and WebSocket, decided at config time.
@@ -398,19 +473,28 @@ impl Tried {
 }
 
 impl Pool {
-    /// Build the pool of `config`, reusing the runtimes in `registry`.
-    pub fn build(config: &Config, registry: &Registry, drains: &Drains) -> Pool {
-        let runtimes = registry.runtimes_for(&config.nodes, drains);
-        let nodes: Vec<Node> = config
-            .nodes
+    /// Build the pool of `members` with the settings of `config`, reusing the runtimes in
+    /// `registry`.
+    pub fn build(
+        config: &Config,
+        members: &[Member],
+        registry: &Registry,
+        drains: &Drains,
+    ) -> Pool {
+        let runtimes = registry.runtimes_for(members, drains);
+        let nodes: Vec<Node> = members
             .iter()
             .zip(runtimes)
-            .map(|(c, runtime)| Node {
-                config: c.clone(),
-                runtime,
-                http_peer: peer(c.address, config, false),
-                grpc_peer: c.grpc.map(|g| peer(g, config, true)),
-                console_peer: c.console.map(|g| peer(g, config, false)),
+            .map(|(m, runtime)| {
+                let c = &m.config;
+                Node {
+                    config: c.clone(),
+                    origin: m.origin.clone(),
+                    runtime,
+                    http_peer: peer(c.address, config, false),
+                    grpc_peer: c.grpc.map(|g| peer(g, config, true)),
+                    console_peer: c.console.map(|g| peer(g, config, false)),
+                }
             })
             .collect();
         let buckets: Vec<Bucket> = nodes
@@ -535,6 +619,10 @@ mod tests {
         Config::parse(&text, "test").unwrap()
     }
 
+    fn build(config: &Config, registry: &Registry, drains: &Drains) -> Pool {
+        Pool::build(config, &Member::configured(config), registry, drains)
+    }
+
     fn all_healthy(pool: &Pool) {
         for n in &pool.nodes {
             n.runtime.record_check(true, 1, 1);
@@ -552,7 +640,7 @@ mod tests {
 
     #[test]
     fn new_nodes_get_no_traffic_until_their_first_check_which_decides_at_once() {
-        let pool = Pool::build(
+        let pool = build(
             &config(&[("a", 1, 1), ("b", 2, 1)]),
             &Registry::default(),
             &Drains::in_memory(),
@@ -583,21 +671,21 @@ mod tests {
         drains.set("a", true).unwrap();
         let mut c = config(&[("a", 1, 1), ("b", 2, 1)]);
         c.nodes[1].drain = true;
-        let pool = Pool::build(&c, &Registry::default(), &drains);
+        let pool = build(&c, &Registry::default(), &drains);
         all_healthy(&pool);
         let by = |i: usize| pool.nodes[i].runtime.drained_by();
         assert_eq!(
             by(0),
             DrainedBy {
-                config: false,
-                runtime: true
+                runtime: true,
+                ..Default::default()
             }
         );
         assert_eq!(
             by(1),
             DrainedBy {
                 config: true,
-                runtime: false
+                ..Default::default()
             }
         );
         assert_eq!(serde_json::to_string(&by(1)).unwrap(), r#"["config"]"#);
@@ -612,7 +700,7 @@ mod tests {
 
     #[test]
     fn thresholds_and_refusal() {
-        let pool = Pool::build(
+        let pool = build(
             &config(&[("a", 1, 1)]),
             &Registry::default(),
             &Drains::in_memory(),
@@ -634,7 +722,7 @@ mod tests {
 
     #[test]
     fn round_robin_skips_unroutable_and_tried() {
-        let pool = Pool::build(
+        let pool = build(
             &config(&[("a", 1, 1), ("b", 2, 1), ("c", 3, 1)]),
             &Registry::default(),
             &Drains::in_memory(),
@@ -655,13 +743,13 @@ mod tests {
     #[test]
     fn runtime_survives_reload_unless_address_changes() {
         let registry = Registry::default();
-        let first = Pool::build(
+        let first = build(
             &config(&[("a", 1, 1), ("b", 2, 1)]),
             &registry,
             &Drains::in_memory(),
         );
         first.nodes[0].runtime.set_runtime_drain(true);
-        let second = Pool::build(
+        let second = build(
             &config(&[("a", 1, 1), ("b", 5, 1)]),
             &registry,
             &Drains::in_memory(),
@@ -679,7 +767,7 @@ mod tests {
 
     #[test]
     fn only_the_keys_of_a_leaving_node_move() {
-        let pool = Pool::build(
+        let pool = build(
             &config(&[("a", 1, 1), ("b", 2, 1), ("c", 3, 1), ("d", 4, 1)]),
             &Registry::default(),
             &Drains::in_memory(),
@@ -708,7 +796,7 @@ mod tests {
 
     #[test]
     fn counters_follow_guards() {
-        let pool = Pool::build(
+        let pool = build(
             &config(&[("a", 1, 1)]),
             &Registry::default(),
             &Drains::in_memory(),
@@ -724,7 +812,7 @@ mod tests {
 
     #[test]
     fn drain_expiry() {
-        let pool = Pool::build(
+        let pool = build(
             &config(&[("a", 1, 1)]),
             &Registry::default(),
             &Drains::in_memory(),

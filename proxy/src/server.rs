@@ -16,7 +16,7 @@
 //!    ├─ http   : TCP ─► accept::Entry (firewall)      ─► HttpProxy<Edge> (redirect / ACME)
 //!    ├─ console: TCP ─► accept::Entry (console_allow, TLS) ─► HttpProxy<Edge> (nodes' consoles)
 //!    ├─ admin  : AdminApi
-//!    └─ background: HealthChecker, Reloader, DrainsWatch, Readiness, AcmeService (with [acme]),
+//!    └─ background: HealthChecker, Discovery, Reloader, DrainsWatch, Readiness, AcmeService (with [acme]),
 //!                   ClusterSync (with [cluster])
 //! ```
 
@@ -44,6 +44,7 @@ use crate::accept::{Entry, PeerFilter};
 use crate::acme::{AcmeTask, Served};
 use crate::admin::{AdminApi, AdminFilter};
 use crate::cluster::ClusterSync;
+use crate::discovery::Discovery;
 use crate::drains::{Drains, DrainsWatch};
 use crate::health_check::HealthChecker;
 use crate::limits::PurgeTask;
@@ -230,6 +231,10 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         HealthChecker::new(shared.clone()),
     ));
     server.add_service(background_service(
+        "discovery",
+        Discovery::new(shared.clone()),
+    ));
+    server.add_service(background_service(
         "config reload",
         Reloader::new(shared.clone()),
     ));
@@ -305,6 +310,10 @@ fn first_health_checks(shared: &Shared) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the first health checks")?;
+    if !shared.snapshot().config.discover.is_empty() {
+        let found = runtime.block_on(crate::discovery::first_round(shared));
+        tracing::info!(found, "first lookups of [[discover]] entries done");
+    }
     let (healthy, nodes) = runtime.block_on(crate::health_check::first_round(shared));
     if healthy == 0 && nodes > 0 {
         tracing::warn!(

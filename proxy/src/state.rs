@@ -8,7 +8,13 @@
 //!                                   │                        error logged and counted
 //!                                   ▼
 //!   every request: Shared::snapshot() (one atomic load) ──► config, pool, firewall
+//!
+//!   discovery (nodes found in DNS changed) ──► Shared::rebuild_pool ──► same config, new pool
 //! ```
+//!
+//! A snapshot's pool holds the config's `[[nodes]]` and the nodes its `[[discover]]` entries
+//! found ([`crate::discovery`]); every new snapshot forgets the metrics of nodes it no longer
+//! has, and wakes whoever watches the pool (`pool_changed`: health checks, discovery).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,11 +25,12 @@ use nakama_edge_certs::{CertError, CertResolver, CertifiedKey};
 use nakama_edge_config::{CertificateSource, Config, ConfigError};
 use tokio::sync::Notify;
 
+use crate::discovery::Discovered;
 use crate::drains::{Drains, DrainsError};
 use crate::firewall::Firewall;
 use crate::limits::{Limits, OpenConnections};
 use crate::metrics::Metrics;
-use crate::pool::{Pool, Registry};
+use crate::pool::{Member, Pool, Registry};
 
 /// Everything a request needs from the config, built once per config version.
 pub struct Snapshot {
@@ -46,19 +53,20 @@ pub struct Snapshot {
 impl Snapshot {
     fn build(
         config: Config,
+        members: &[Member],
         registry: &Registry,
         previous: Option<&Snapshot>,
         open: &Arc<OpenConnections>,
         drains: &Drains,
     ) -> Snapshot {
-        let pool = Pool::build(&config, registry, drains);
+        let pool = Pool::build(&config, members, registry, drains);
         let firewall = Firewall::new(&config.firewall);
         let limits = match previous {
             Some(p) if *p.limits.config() == config.rate_limit => p.limits.clone(),
             _ => Arc::new(Limits::new(&config.rate_limit, open.clone())),
         };
         Snapshot {
-            routing_digest: crate::cluster::routing_digest(&config),
+            routing_digest: crate::cluster::routing_digest(&config, members),
             verifier: crate::token::Verifier::new(
                 config.nakama.session_keys.iter().map(|k| k.expose()),
             ),
@@ -113,8 +121,10 @@ pub struct Shared {
     /// on closes its connection, so that the client's next request opens a new one (to the new
     /// process, after an upgrade).
     pub shutting_down: AtomicBool,
-    /// Notified after each successful reload.
-    pub reloaded: Notify,
+    /// Notified after each new snapshot: a reload, or a change in the nodes found in DNS.
+    pub pool_changed: Notify,
+    /// The nodes `[[discover]]` entries found, merged into every snapshot's pool.
+    pub discovered: Discovered,
     /// Every open WebSocket, to close with a close frame on shutdown.
     pub websockets: crate::ws_close::OpenWebSockets,
     /// Nodes drained at runtime (admin API, CLI), kept in `server.state_dir`.
@@ -167,7 +177,14 @@ impl Shared {
         };
         let registry = Registry::default();
         let open = Arc::new(OpenConnections::default());
-        let snapshot = Snapshot::build(config, &registry, None, &open, &drains);
+        let snapshot = Snapshot::build(
+            config.clone(),
+            &Member::configured(&config),
+            &registry,
+            None,
+            &open,
+            &drains,
+        );
         Ok(Shared {
             current: ArcSwap::from_pointee(snapshot),
             registry,
@@ -179,7 +196,8 @@ impl Shared {
             listeners_bound: AtomicBool::new(false),
             certificate_ready: AtomicBool::new(certificate_ready),
             shutting_down: AtomicBool::new(false),
-            reloaded: Notify::new(),
+            pool_changed: Notify::new(),
+            discovered: Discovered::default(),
             websockets: Default::default(),
             drains,
             retry_budget: Default::default(),
@@ -258,10 +276,7 @@ impl Shared {
         let result = self.try_reload();
         self.metrics.config_reload(result.is_ok());
         match &result {
-            Ok(()) => {
-                tracing::info!("config reloaded");
-                self.reloaded.notify_waiters();
-            }
+            Ok(()) => tracing::info!("config reloaded"),
             Err(e) => {
                 tracing::error!("config reload rejected, the previous config keeps serving:\n{e}")
             }
@@ -317,14 +332,41 @@ impl Shared {
             CertificateSource::SelfSigned | CertificateSource::Acme(_) => {}
         }
         crate::logging::apply(&config.log);
-        self.current.store(Arc::new(Snapshot::build(
+        self.discovered.retain_entries(&config);
+        self.install(config, &old);
+        Ok(())
+    }
+
+    /// Build the pool again with the current config and the nodes found in DNS now: what
+    /// discovery does when they change.
+    pub fn rebuild_pool(&self) {
+        let _one_at_a_time = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.snapshot();
+        self.install(old.config.clone(), &old);
+    }
+
+    /// Make a snapshot of `config` (with the nodes found in DNS) the current one, in place of
+    /// `old`. Called with `reload_lock` held.
+    fn install(&self, config: Config, old: &Snapshot) {
+        let members = self.discovered.members(&config);
+        let next = Snapshot::build(
             config,
+            &members,
             &self.registry,
-            Some(&old),
+            Some(old),
             &self.open,
             &self.drains,
-        )));
-        Ok(())
+        );
+        for gone in old
+            .pool
+            .nodes
+            .iter()
+            .filter(|n| next.pool.by_name(&n.config.name).is_none())
+        {
+            self.metrics.forget_node(&gone.config.name);
+        }
+        self.current.store(Arc::new(next));
+        self.pool_changed.notify_waiters();
     }
 
     /// The files whose change should trigger a reload.
