@@ -2,8 +2,8 @@
 # The side-by-side harness: nakama-edge, HAProxy and nginx in turn in front of the same two
 # stand-in Nakama nodes, and a direct connection to a node (the limit), measured in one run.
 #
-#   benches/side-by-side.sh            # everything (about 6 minutes here)
-#   DURATION=5 WS_COUNTS=500,1000 benches/side-by-side.sh      # a quick look
+#   benches/side-by-side.sh            # everything, 3 rounds (about 25 minutes here)
+#   ROUNDS=1 DURATION=5 WS_COUNTS=500,1000 benches/side-by-side.sh      # a quick look
 #   PROXIES="nakama-edge direct" benches/side-by-side.sh          # some of them
 #
 # Each proxy runs one worker pinned to CPU 0 (`taskset -c 0`); the load generators and the
@@ -13,21 +13,30 @@
 #     request (from /proc/PID/stat, so the figure does not depend on the load core keeping up);
 #   - full TLS handshakes (ECDSA P-256 certificate, X25519, no resumption, `edge-load
 #     handshakes`): per second, and the proxy's CPU time per handshake;
+#   - WSS echo (`edge-load ws-echo`): $ECHO_SOCKETS sockets each sending a 64-byte realtime
+#     message $ECHO_RATE times a second and waiting for the node's answer, $DURATION seconds:
+#     round-trip p50 and p99, and the proxy's CPU time per relayed message (two per round trip:
+#     one each way), counted from the first message to the last, not the sockets' opening;
 #   - memory per idle proxied WebSocket over TLS (`edge-load hold-ws`): the growth of the
 #     proxy's resident memory divided by the sockets, at each total in $WS_COUNTS.
-# The table goes to stdout and to target/side-by-side.md.
+# Every proxy is measured once per round, in turn, $ROUNDS rounds; the table shows each figure's
+# median over the rounds, and its ratios are of those medians. It goes to stdout and to
+# target/side-by-side.md.
 #
 # Needs: haproxy, nginx, wrk, openssl, taskset, curl (installed with apt-get when missing), and
 # the Rust toolchain. Loopback only; every process it starts is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
 # The hard limit on open files here is 20,000; the proxy holds two per proxied WebSocket.
 WS_COUNTS=${WS_COUNTS:-2000,9800}
+ECHO_SOCKETS=${ECHO_SOCKETS:-1000}
+ECHO_RATE=${ECHO_RATE:-20}
 # Which to measure, in this order.
-PROXIES=${PROXIES:-"nakama-edge haproxy nginx direct"}
+PROXIES=${PROXIES:-"nakama-edge edge+log haproxy nginx direct"}
 PROXY_CPU=0
 LOAD_CPU=1
 
@@ -126,6 +135,30 @@ handshakes() {
   [ "$failed" = 0 ] || echo "$name: $failed handshakes failed" >&2
 }
 
+# wsecho NAME PID URL: WSS echo round trips and CPU per relayed message.
+wsecho() {
+  local name=$1 pid=$2 url=$3 line t0 t1 open failed trips secs p50 p99 late
+  coproc ECHO { taskset -c $LOAD_CPU "$BIN/edge-load" ws-echo --url "$url" \
+    --count "$ECHO_SOCKETS" --rate "$ECHO_RATE" --bytes 64 --seconds "$DURATION" \
+    --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4; }
+  local echo_pid=$ECHO_PID
+  read -r line <&"${ECHO[0]}"
+  read -r _ open _ failed <<<"$line"
+  t0=$(ticks "$pid")
+  echo >&"${ECHO[1]}"
+  read -r line <&"${ECHO[0]}"
+  t1=$(ticks "$pid")
+  wait "$echo_pid" 2>/dev/null || true
+  read -r _ trips _ secs _ p50 _ p99 _ late <<<"$line"
+  row "$name" "WSS echo round trips/s" "$(awk -v n="$trips" -v s="$secs" 'BEGIN {printf "%d", n / s}')"
+  row "$name" "WSS echo p50" "${p50}ms"
+  row "$name" "WSS echo p99" "${p99}ms"
+  row "$name" "WSS echo CPU/message" "$(awk -v d=$((t1 - t0)) -v n="$trips" -v hz="$HZ" \
+    'BEGIN {printf "%.1f µs", d * 1e6 / hz / (2 * n)}')"
+  [ "$failed" = 0 ] || echo "$name: $failed of $ECHO_SOCKETS echo sockets failed to open" >&2
+  [ "$late" = 0 ] || echo "$name: $late echo messages went out late (the load core is saturated?)" >&2
+}
+
 # wsmem NAME PID URL: memory per idle WebSocket at each total in WS_COUNTS.
 wsmem() {
   local name=$1 pid=$2 url=$3 before after line open failed
@@ -156,6 +189,7 @@ measure() {
   keepalive "$name" "$pid" "http://127.0.0.1:$http/healthcheck" "TCP"
   keepalive "$name" "$pid" "https://127.0.0.1:$https/healthcheck" "TLS"
   handshakes "$name" "$pid" "127.0.0.1:$https"
+  wsecho "$name" "$pid" "wss://127.0.0.1:$https/ws"
   wsmem "$name" "$pid" "wss://127.0.0.1:$https/ws"
   stop "$pid"
 }
@@ -169,8 +203,15 @@ wait_ok http://127.0.0.1:17360/healthcheck
 
 wanted() { [[ " $PROXIES " == *" $1 "* ]]; }
 
+for round in $(seq "$ROUNDS"); do
+echo "round $round of $ROUNDS" >&2
+
 # --- nakama-edge ------------------------------------------------------------------------
-if wanted nakama-edge; then
+# edge NAME BINARY ACCESS_LOG FIGURES: one edge, its access log on (at info, to a file, as
+# journald would take it) or off; FIGURES is "all", or "http" for the keep-alive figures only.
+edge() {
+local name=$1 bin=$2 access_log=$3 figures=$4 level=error
+[ "$access_log" = true ] && level=info
 cat >"$work/edge.toml" <<EOF
 [server]
 threads = 1
@@ -197,12 +238,23 @@ new_connections_per_second = 10000000
 [timeouts]
 websocket_idle = "1h"
 [log]
-level = "error"
-access_log = false
+level = "$level"
+access_log = $access_log
 EOF
-start edge $PROXY_CPU "$BIN/nakama-edge" run -c "$work/edge.toml"
-measure nakama-edge "$started" 18080 18443
+start "$name" $PROXY_CPU "$bin" run -c "$work/edge.toml"
+if [ "$figures" = all ]; then
+  measure "$name" "$started" 18080 18443
+else
+  wait_ok "https://127.0.0.1:18443/healthcheck"
+  keepalive "$name" "$started" "http://127.0.0.1:18080/healthcheck" "TCP"
+  keepalive "$name" "$started" "https://127.0.0.1:18443/healthcheck" "TLS"
+  stop "$started"
 fi
+}
+if wanted nakama-edge; then edge nakama-edge "$BIN/nakama-edge" false all; fi
+if wanted edge+log; then edge edge+log "$BIN/nakama-edge" true http; fi
+# EDGE_BEFORE=path/to/an/older/nakama-edge: the same figures for it, in the same rounds.
+if [ -n "${EDGE_BEFORE:-}" ]; then edge edge-before "$EDGE_BEFORE" false all; fi
 
 # --- HAProxy ----------------------------------------------------------------------------
 if wanted haproxy; then
@@ -283,19 +335,22 @@ wsmem direct "$direct" ws://127.0.0.1:17370/ws
 stop "$direct"
 fi
 
+done
+
 # --- the table --------------------------------------------------------------------------
 {
   echo "Side-by-side, $(date -u +%Y-%m-%d), $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)),"
-  echo "proxy pinned to CPU $PROXY_CPU, wrk/edge-load and nodes on CPU $LOAD_CPU; ${DURATION}s per load, $CONNS connections."
+  echo "proxy pinned to CPU $PROXY_CPU, wrk/edge-load and nodes on CPU $LOAD_CPU; ${DURATION}s per load, $CONNS connections;"
+  echo "median of $ROUNDS round(s)."
   echo "haproxy $(haproxy -v | awk 'NR==1 {print $3}'), $(nginx -v 2>&1 | awk '{print $3}'), $(wrk -v 2>&1 | awk 'NR==1 {print $1, $2}')"
   echo
   python3 - "$results" <<'PY'
 import sys, collections
-cols = ["nakama-edge", "haproxy", "nginx", "direct"]
-table = collections.OrderedDict()
+cols = ["nakama-edge", "edge+log", "edge-before", "haproxy", "nginx", "direct"]
+samples = collections.OrderedDict()
 for line in open(sys.argv[1]):
     name, metric, value = line.rstrip("\n").split("\t")
-    table.setdefault(metric, {})[name] = value
+    samples.setdefault(metric, {}).setdefault(name, []).append(value)
 def number(v):
     try:
         return float(v.split()[0].rstrip("msuµ")) * (1000 if v.endswith("ms") else 1) \
@@ -309,6 +364,17 @@ def latency(v):
         if v.endswith(unit):
             return float(v[: -len(unit)]) * scale
     return None
+
+def median(metric, values):
+    """The median sample (the lower middle one of an even count), as printed."""
+    key = latency if metric.endswith(("p50", "p99")) else number
+    ordered = sorted(values, key=lambda v: (key(v) is None, key(v) or 0))
+    return ordered[(len(ordered) - 1) // 2]
+
+table = collections.OrderedDict(
+    (metric, {name: median(metric, vs) for name, vs in by_name.items()})
+    for metric, by_name in samples.items()
+)
 
 def ratio(metric, edge, other):
     a = latency(edge) if metric.endswith(("p50", "p99")) else number(edge)

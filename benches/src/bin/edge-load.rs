@@ -14,6 +14,12 @@
 //!     then one body byte every 2 s (the adversarial probe's burst); prints `open <n> failed
 //!     <m>` once all are open, then after `--seconds` how the edge answered them
 //!     (`answered <status>=<count> ... closed <count>`) and closes what is left
+//! edge-load ws-echo --url wss://127.0.0.1:8443/ws --count 1000 --rate 20 --bytes 64 --seconds 10
+//!     opens `--count` WebSockets (distinct Nakama users) and prints `sockets <n> failed <m>`;
+//!     after a line on stdin, each sends a `--bytes`-long realtime ping envelope `--rate` times
+//!     a second and waits for its pong; then prints `round_trips <count> seconds <elapsed>
+//!     p50_ms <x> p99_ms <y> late <count>` (a round trip is two messages through a proxy;
+//!     `late`: sends that missed their tick because the previous answer had not come)
 //! ```
 //!
 //! Bench tooling, not product code: it verifies nothing about the server's certificate.
@@ -111,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
         "handshakes" => handshakes(&args).await,
         "hold-ws" => hold_ws(&args).await,
         "slow-bodies" => slow_bodies(&args).await,
+        "ws-echo" => ws_echo(&args).await,
         other => bail!("unknown command {other}"),
     }
 }
@@ -245,41 +252,125 @@ async fn slow_bodies(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn ws_echo(args: &Args) -> anyhow::Result<()> {
+    let target = Arc::new(Target::of(args)?);
+    let count = args.number("--count", 1000)?;
+    let rate = args.number("--rate", 20)?.max(1);
+    let bytes = args.number("--bytes", 64)? as usize;
+    let seconds = args.number("--seconds", 10)?;
+    // `{"cid":"…","ping":{}}` padded to `bytes` with the cid.
+    let overhead = r#"{"cid":"","ping":{}}"#.len();
+    let cid_len = bytes.saturating_sub(overhead).max(8);
+
+    let gate = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut opening = Vec::new();
+    for n in 0..count {
+        let (target, gate) = (target.clone(), gate.clone());
+        opening.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.ok();
+            tokio::time::timeout(Duration::from_secs(30), target.open(n))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }));
+    }
+    let mut sockets = Vec::new();
+    let mut failed = 0u64;
+    for t in opening {
+        match t.await? {
+            Some(ws) => sockets.push(ws),
+            None => failed += 1,
+        }
+    }
+    println!("sockets {} failed {failed}", sockets.len());
+    // The harness reads the proxy's CPU time between here and the end.
+    let mut go = String::new();
+    tokio::io::AsyncBufReadExt::read_line(
+        &mut tokio::io::BufReader::new(tokio::io::stdin()),
+        &mut go,
+    )
+    .await?;
+    let start = Instant::now();
+    let end = start + Duration::from_secs(seconds);
+    let period = Duration::from_micros(1_000_000 / rate);
+    let mut tasks = Vec::new();
+    for (i, mut ws) in sockets.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            // Spread the sockets' ticks over the period, as players' clocks are.
+            let offset = period * (i as u32 % 1000) / 1000;
+            let mut tick = tokio::time::interval_at((start + offset).into(), period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut rtts = Vec::with_capacity((seconds * rate) as usize + 1);
+            let mut late = 0u64;
+            let mut seq = 0u64;
+            loop {
+                let due = tick.tick().await;
+                if Instant::now() >= end {
+                    break;
+                }
+                if due.elapsed() > period {
+                    late += 1;
+                }
+                seq += 1;
+                let cid = format!("{i:06}-{seq:0>width$}", width = cid_len.saturating_sub(7));
+                let msg = format!(r#"{{"cid":"{cid}","ping":{{}}}}"#);
+                let sent = Instant::now();
+                if ws.send(Message::Text(msg.into())).await.is_err() {
+                    break;
+                }
+                let answered = loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(t))) if t.contains(&cid) => break true,
+                        Some(Ok(Message::Ping(_))) => {
+                            let _ = ws.flush().await;
+                        }
+                        Some(Ok(_)) => {}
+                        _ => break false,
+                    }
+                };
+                if !answered {
+                    break;
+                }
+                rtts.push(sent.elapsed());
+            }
+            let _ = ws.close(None).await;
+            (rtts, late)
+        }));
+    }
+    let mut rtts = Vec::new();
+    let mut late = 0;
+    for t in tasks {
+        let (r, l) = t.await?;
+        rtts.extend(r);
+        late += l;
+    }
+    let elapsed = start.elapsed().min(Duration::from_secs(seconds));
+    rtts.sort_unstable();
+    let percentile = |p: f64| -> f64 {
+        if rtts.is_empty() {
+            return 0.0;
+        }
+        let i = ((rtts.len() as f64 * p).ceil() as usize).clamp(1, rtts.len()) - 1;
+        rtts[i].as_secs_f64() * 1e3
+    };
+    println!(
+        "round_trips {} seconds {:.3} p50_ms {:.3} p99_ms {:.3} late {late}",
+        rtts.len(),
+        elapsed.as_secs_f64(),
+        percentile(0.50),
+        percentile(0.99),
+    );
+    Ok(())
+}
+
 async fn hold_ws(args: &Args) -> anyhow::Result<()> {
-    let url = args.need("--url")?.to_string();
+    let target = Arc::new(Target::of(args)?);
     let stages: Vec<u64> = args
         .get("--count")
         .unwrap_or("1000")
         .split(',')
         .map(|c| c.parse().with_context(|| format!("--count {c:?}")))
         .collect::<anyhow::Result<_>>()?;
-    let key = args
-        .get("--session-key")
-        .unwrap_or("defaultencryptionkey")
-        .to_string();
-    let sources = sources(args)?;
-    let rest = url
-        .strip_prefix("wss://")
-        .map(|r| (true, r))
-        .or_else(|| url.strip_prefix("ws://").map(|r| (false, r)));
-    let Some((tls, rest)) = rest else {
-        bail!("--url must be ws:// or wss://");
-    };
-    let host = rest.split('/').next().unwrap_or(rest);
-    let connector = match tls {
-        true => Some(tokio_rustls::TlsConnector::from(client_config(&[
-            b"http/1.1",
-        ])?)),
-        false => None,
-    };
-    let target = Arc::new(Target {
-        url: url.clone(),
-        addr: host.parse().with_context(|| format!("address {host:?}"))?,
-        tls: connector,
-        key,
-        sources,
-    });
-
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
     let (mut open, mut failed, mut next) = (0u64, 0u64, 0u64);
@@ -344,6 +435,37 @@ struct Target {
 type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Stream>>;
 
 impl Target {
+    /// The target of `--url` (with `--session-key`, `--sources`).
+    fn of(args: &Args) -> anyhow::Result<Target> {
+        let url = args.need("--url")?.to_string();
+        let key = args
+            .get("--session-key")
+            .unwrap_or("defaultencryptionkey")
+            .to_string();
+        let sources = sources(args)?;
+        let rest = url
+            .strip_prefix("wss://")
+            .map(|r| (true, r))
+            .or_else(|| url.strip_prefix("ws://").map(|r| (false, r)));
+        let Some((tls, rest)) = rest else {
+            bail!("--url must be ws:// or wss://");
+        };
+        let host = rest.split('/').next().unwrap_or(rest);
+        let connector = match tls {
+            true => Some(tokio_rustls::TlsConnector::from(client_config(&[
+                b"http/1.1",
+            ])?)),
+            false => None,
+        };
+        Ok(Target {
+            url: url.clone(),
+            addr: host.parse().with_context(|| format!("address {host:?}"))?,
+            tls: connector,
+            key,
+            sources,
+        })
+    }
+
     /// WebSocket number `n`: its own Nakama user, from one of the source addresses in turn.
     async fn open(&self, n: u64) -> std::io::Result<Ws> {
         let source = self.sources[n as usize % self.sources.len()];
