@@ -79,6 +79,27 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
+/// Whether a request header named `name` goes to the node as the player sent it: not an
+/// address claim, not hop-by-hop by itself, not `X-Forwarded-Proto` (the edge writes both
+/// forwarded headers itself, [`write_forwarded`]). Headers that `Connection` names are the
+/// caller's to drop.
+pub fn crosses_edge(name: &str) -> bool {
+    !(claims_address(name) || is_hop_by_hop(name) || name.eq_ignore_ascii_case("x-forwarded-proto"))
+}
+
+/// Append the edge's `X-Forwarded-For` (the client's address) and `X-Forwarded-Proto` header
+/// lines, and the empty line that ends a head, to an HTTP/1.1 head in `out`.
+pub fn write_forwarded(out: &mut Vec<u8>, client: Option<std::net::IpAddr>, proto: &str) {
+    use std::io::Write as _;
+    if let Some(ip) = client {
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "x-forwarded-for: {ip}\r\n");
+    }
+    out.extend_from_slice(b"x-forwarded-proto: ");
+    out.extend_from_slice(proto.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
 /// Whether the `Connection` headers of `headers` name `name`.
 fn named_by_connection(headers: &HeaderMap, name: &str) -> bool {
     named_by(&headers.get_all(CONNECTION), name)

@@ -427,7 +427,7 @@ pub struct Node {
 
 /// Nakama closes idle keep-alive connections after 60 s; the edge lets go of them first, so
 /// that it never sends a request down a connection the node is closing.
-const UPSTREAM_IDLE: Duration = Duration::from_secs(50);
+pub const UPSTREAM_IDLE: Duration = Duration::from_secs(50);
 
 /// Concurrent gRPC streams on one h2c connection to a node (pingora's default is 1).
 const GRPC_STREAMS_PER_CONNECTION: usize = 128;

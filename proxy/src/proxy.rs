@@ -522,24 +522,12 @@ impl Edge {
         }
     }
 
-    /// Whether a failed request may go to another node: within the retry budget (counted
-    /// when not).
     fn within_retry_budget(&self) -> bool {
-        let within = self.shared.retry_budget.try_retry();
-        if !within {
-            self.shared.metrics.retry_over_budget();
-        }
-        within
+        within_retry_budget(&self.shared)
     }
 
-    /// A node refused (or did not take) a connection: counted, and out of rotation at once.
     fn connect_failed(&self, node: &Node, e: &dyn std::fmt::Display) {
-        self.shared
-            .metrics
-            .upstream_connect_failure(&node.config.name);
-        if node.runtime.mark_refused() {
-            tracing::warn!(node = %node.config.name, error = %e, "node refused a connection: out of rotation until it passes health checks");
-        }
+        connect_failed(&self.shared, node, e)
     }
 
     /// A WebSocket upgrade, carried by the edge's own path (`tunnel.rs`) rather than by
@@ -696,6 +684,24 @@ impl Edge {
     }
 }
 
+/// Whether a failed request may go to another node: within the retry budget (counted when
+/// not).
+pub(crate) fn within_retry_budget(shared: &Shared) -> bool {
+    let within = shared.retry_budget.try_retry();
+    if !within {
+        shared.metrics.retry_over_budget();
+    }
+    within
+}
+
+/// A node refused (or did not take) a connection: counted, and out of rotation at once.
+pub(crate) fn connect_failed(shared: &Shared, node: &Node, e: &dyn std::fmt::Display) {
+    shared.metrics.upstream_connect_failure(&node.config.name);
+    if node.runtime.mark_refused() {
+        tracing::warn!(node = %node.config.name, error = %e, "node refused a connection: out of rotation until it passes health checks");
+    }
+}
+
 /// Take the client's stream out of pingora's session, leaving a [`tunnel::Replay`] of the same
 /// request in its place, so that pingora finishes and logs the request as usual.
 async fn take_client_stream(session: &mut Session) -> Result<Stream> {
@@ -718,11 +724,11 @@ async fn take_client_stream(session: &mut Session) -> Result<Stream> {
 }
 
 /// Nakama refuses bodies over 256 KiB; the edge refuses them first, with 413.
-const MAX_BODY_BYTES: u64 = 256 * 1024;
+pub(crate) const MAX_BODY_BYTES: u64 = 256 * 1024;
 
 /// The body pingora's session keeps for a retry and sends from memory (its private
 /// `BODY_BUF_LIMIT`). Bodies up to this size are read first on HTTP/1.1 and HTTP/2 alike.
-const RETRY_BUFFER_BYTES: u64 = 64 * 1024;
+pub(crate) const RETRY_BUFFER_BYTES: u64 = 64 * 1024;
 
 /// Read a request's body in full before a node is picked, as nginx buffers requests: a client
 /// that trickles its body holds no node connection, and must finish within
@@ -889,8 +895,9 @@ fn head_is_acceptable(req: &RequestHeader) -> Result<(), u16> {
 }
 
 /// A request held back by the rate limits.
-struct RateLimited {
-    retry_after: u64,
+pub(crate) struct RateLimited {
+    /// Seconds, for `Retry-After`.
+    pub(crate) retry_after: u64,
 }
 
 impl RateLimited {
@@ -904,66 +911,97 @@ impl RateLimited {
 }
 
 impl Edge {
-    /// The request budget: players' routes only (not ACME, redirects or the console). A
-    /// request whose session token verifies spends its user's budget; any other (logins,
-    /// `http_key` calls, unverifiable tokens) its address's.
+    /// The request budget of a player's request (see [`request_budget`]).
     fn over_rate_limit(&self, session: &Session, ctx: &Ctx) -> Option<RateLimited> {
         if !matches!(ctx.route, Route::Api | Route::WebSocket | Route::Grpc) {
             return None;
         }
-        let limits = &ctx.snapshot.limits;
         let req = session.req_header();
-        let user = ctx.snapshot.verifier.as_ref().and_then(|v| {
-            let token = token::session_token(
-                req.uri.query(),
-                req.headers.get(header::AUTHORIZATION).map(|h| h.as_bytes()),
-            )?;
-            v.verify(token, unix_now())
-        });
-        let (result, reason) = match user {
-            Some(uid) => (limits.check_user(uid.key()), RejectReason::User),
-            None => {
-                let ip = client_ip(session)?;
-                let auth = is_auth_path(req.uri.path());
-                (
-                    limits.check_request(client_key(ip), auth),
-                    RejectReason::RateLimit,
-                )
-            }
-        };
-        match result {
-            Ok(()) => None,
-            Err(Limited::Rate(wait)) => {
-                self.shared.metrics.rejected(reason);
-                Some(RateLimited {
-                    retry_after: retry_after_secs(wait),
-                })
-            }
-            Err(Limited::Connections) => None,
-        }
+        request_budget(
+            &self.shared,
+            &ctx.snapshot,
+            req.uri.path(),
+            req.uri.query(),
+            req.headers.get(header::AUTHORIZATION).map(|h| h.as_bytes()),
+            client_ip(session)?,
+        )
     }
 
-    /// A login (its body read first) for an account over its failed logins gets 429 until
-    /// its window ends; otherwise the account is remembered, to count a 401 against it.
+    /// A login over its account's failed logins (see [`login_budget`]).
     fn over_login_failures(&self, session: &Session, ctx: &mut Ctx) -> Option<RateLimited> {
-        let path = session.req_header().uri.path();
-        if ctx.route != Route::Api || !path.starts_with("/v2/account/authenticate/") {
+        if ctx.route != Route::Api {
             return None;
         }
+        let path = session.req_header().uri.path();
         let body = session.as_downstream().get_retry_buffer()?;
-        let logins = &ctx.snapshot.limits.logins;
-        let account = logins.identifier(path, &body)?;
-        match logins.check(account) {
-            Ok(()) => {
-                ctx.login = Some(account);
+        match login_budget(&self.shared, &ctx.snapshot, path, &body) {
+            Ok(account) => {
+                ctx.login = account;
                 None
             }
-            Err(wait) => {
-                self.shared.metrics.rejected(RejectReason::Login);
-                Some(RateLimited {
-                    retry_after: retry_after_secs(wait),
-                })
-            }
+            Err(limited) => Some(limited),
+        }
+    }
+}
+
+/// The request budget: players' routes only (not ACME, redirects or the console). A request
+/// whose session token verifies spends its user's budget; any other (logins, `http_key`
+/// calls, unverifiable tokens) its address's. Rejections are counted.
+pub(crate) fn request_budget(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    path: &str,
+    query: Option<&str>,
+    authorization: Option<&[u8]>,
+    client: IpAddr,
+) -> Option<RateLimited> {
+    let limits = &snapshot.limits;
+    let user = snapshot.verifier.as_ref().and_then(|v| {
+        let token = token::session_token(query, authorization)?;
+        v.verify(token, unix_now())
+    });
+    let (result, reason) = match user {
+        Some(uid) => (limits.check_user(uid.key()), RejectReason::User),
+        None => (
+            limits.check_request(client_key(client), is_auth_path(path)),
+            RejectReason::RateLimit,
+        ),
+    };
+    match result {
+        Ok(()) => None,
+        Err(Limited::Rate(wait)) => {
+            shared.metrics.rejected(reason);
+            Some(RateLimited {
+                retry_after: retry_after_secs(wait),
+            })
+        }
+        Err(Limited::Connections) => None,
+    }
+}
+
+/// A login (its body read first, `body`) for an account over its failed logins gets 429 until
+/// its window ends; otherwise `Ok(Some(account))`: the account to count a 401 against.
+/// `Ok(None)`: not a login, or no identifier in its body.
+pub(crate) fn login_budget(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    path: &str,
+    body: &[u8],
+) -> Result<Option<u64>, RateLimited> {
+    if !path.starts_with("/v2/account/authenticate/") {
+        return Ok(None);
+    }
+    let logins = &snapshot.limits.logins;
+    let Some(account) = logins.identifier(path, body) else {
+        return Ok(None);
+    };
+    match logins.check(account) {
+        Ok(()) => Ok(Some(account)),
+        Err(wait) => {
+            shared.metrics.rejected(RejectReason::Login);
+            Err(RateLimited {
+                retry_after: retry_after_secs(wait),
+            })
         }
     }
 }

@@ -16,7 +16,7 @@
 //! of its own only while its peer is not taking them.
 
 use std::cell::RefCell;
-use std::io::{self, Cursor, Write as _};
+use std::io::{self, Cursor};
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -72,13 +72,7 @@ pub fn request_head(req: &RequestHeader, client: Option<IpAddr>, proto: &str) ->
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
-    if let Some(ip) = client {
-        // Writing into a Vec cannot fail.
-        let _ = write!(head, "x-forwarded-for: {ip}\r\n");
-    }
-    head.extend_from_slice(b"x-forwarded-proto: ");
-    head.extend_from_slice(proto.as_bytes());
-    head.extend_from_slice(b"\r\n\r\n");
+    headers::write_forwarded(&mut head, client, proto);
     head
 }
 
