@@ -427,7 +427,7 @@ impl ProxyHttp for Edge {
             let tls = session
                 .digest()
                 .and_then(|d| d.ssl_digest.as_ref())
-                .map_or("none", |d| d.version.as_ref());
+                .map_or("none", |d| logging::tls_version(d));
             let alpn = if session.is_http2() { "h2" } else { "http/1.1" };
             logging::access(
                 client_ip(session),

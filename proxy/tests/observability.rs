@@ -318,6 +318,17 @@ async fn no_token_http_key_or_authorization_reaches_the_logs() {
             .send()
             .await;
     }
+    // Access lines are written in batches, within moments.
+    eventually("the access lines of every request", || async {
+        let log = edge.log();
+        let lines = log.lines().filter(|l| l.contains("nakama_edge::access"));
+        lines.clone().count() >= 10
+            && lines.clone().any(|l| l.contains("\"status\":429"))
+            && lines
+                .clone()
+                .any(|l| l.contains("\"path\":\"/v2/rpc/whoami\""))
+    })
+    .await;
     let log = edge.log();
     for secret in SECRETS {
         assert!(
