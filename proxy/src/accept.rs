@@ -11,7 +11,9 @@
 //!           ├─ TLS: own Acceptor, handshake timeout ── failed: closed, counted
 //!           │     └─ ALPN acme-tls/1: a TLS-ALPN-01 validation, closed after the handshake
 //!           ├─ ClientConn: request-header and WebSocket-idle deadlines, the connection slot
-//!           └─► HttpProxy<Edge>: HTTP/1.1 or h2 (ALPN), the request path
+//!           ├─► h1_api: HTTP/1.1 API requests (https, and http when it does not redirect)
+//!           └─► HttpProxy<Edge>: h2 (ALPN), the console, and whatever h1_api hands over
+//!               (WebSocket upgrades, redirects, ACME, unusual requests)
 //! ```
 //!
 //! The https listener is a plain TCP listener on purpose: pingora's stock TLS listener cannot
@@ -31,9 +33,11 @@ use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest, Ssl, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
+use tokio::sync::watch;
 
 use crate::client_conn::ClientConn;
 use crate::firewall::{canonical, Firewall};
+use crate::h1_api::{self, Arrival, Served};
 use crate::limits::{client_key, Limited};
 use crate::metrics::{RejectReason, TlsFailure};
 use crate::proxy::Edge;
@@ -96,6 +100,8 @@ pub struct Entry {
     listener: Listener,
     tls: Option<Acceptor>,
     http: Arc<HttpProxy<Edge>>,
+    /// Turns true when idle keep-alive connections of [`h1_api`] are to close.
+    closing: watch::Sender<bool>,
 }
 
 impl Entry {
@@ -112,6 +118,7 @@ impl Entry {
             listener,
             tls,
             http: Arc::new(http),
+            closing: watch::Sender::new(false),
         }
     }
 
@@ -221,7 +228,21 @@ impl ServerApp for Entry {
         let open = self.shared.metrics.connection_opened(self.listener.name());
         let conn = ClientConn::new(stream, timeouts.request_header, Some(slot), Some(open))
             .counted_in(self.shared.clone());
-        self.http.process_new(Box::new(conn), shutdown).await
+        let h2 = matches!(conn.selected_alpn_proto(), Some(ALPN::H2));
+        let conn = if h2 || self.listener == Listener::Console {
+            Box::new(conn)
+        } else {
+            let origin = Arrival {
+                listener: self.listener,
+                client,
+            };
+            let mut closing = self.closing.subscribe();
+            match h1_api::serve(&self.shared, &origin, conn, &mut closing).await {
+                Served::Done => return None,
+                Served::HandOver(conn) => conn,
+            }
+        };
+        self.http.process_new(conn, shutdown).await
     }
 
     /// The listener has stopped accepting (shutdown, or an upgrade's hand-over). Connections in
@@ -231,8 +252,10 @@ impl ServerApp for Entry {
     async fn cleanup(&self) {
         let grace = self.shared.snapshot().config.server.grace_period;
         let http = self.http.clone();
+        let closing = self.closing.clone();
         tokio::spawn(async move {
             tokio::time::sleep(grace / 2).await;
+            closing.send_replace(true);
             pingora_core::apps::HttpServerApp::http_cleanup(&*http).await;
         });
     }

@@ -630,9 +630,18 @@ impl Edge {
     }
 
     /// An HTTPS client trusting the test CA, sending from `source` (127.0.0.1 if `None`).
+    /// It speaks HTTP/1.1, as most game clients do (Unity, .NET, Godot, nakama-js under Node),
+    /// which the edge carries on its own API path; with `NAKAMA_EDGE_TEST_HTTP=2` it offers
+    /// h2 instead, which pingora's path carries: the suite runs over either.
     pub fn client(&self, source: Option<IpAddr>) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(self.certs.ca_pem.as_bytes()).unwrap();
-        reqwest::Client::builder()
+        let builder = reqwest::Client::builder();
+        let builder = if std::env::var("NAKAMA_EDGE_TEST_HTTP").as_deref() == Ok("2") {
+            builder
+        } else {
+            builder.http1_only()
+        };
+        builder
             .add_root_certificate(ca)
             .tls_built_in_root_certs(false)
             .local_address(source)

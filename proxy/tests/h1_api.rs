@@ -1,0 +1,373 @@
+//! The HTTP/1.1 API path (`h1_api`), as a player's client sees it on one TLS connection:
+//! keep-alive, pipelining, chunked answers, HEAD, `Connection: close`, requests it hands to
+//! pingora's path mid-connection, and nodes restarted behind pooled connections.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// One response as read off the wire.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// What the stand-in saw of the request (`whoami`).
+    fn seen(&self) -> Value {
+        let v: Value = serde_json::from_slice(&self.body).unwrap();
+        serde_json::from_str(v["payload"].as_str().unwrap()).unwrap()
+    }
+}
+
+/// A raw HTTP/1.1 client connection: requests written as given, answers parsed here.
+struct Raw<S> {
+    stream: S,
+    buf: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
+    fn new(stream: S) -> Self {
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+        self.stream.flush().await.unwrap();
+    }
+
+    async fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 16384];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// The next answer; `head_request`: it has no body whatever its head says.
+    async fn answer_to(&mut self, head_request: bool) -> Answer {
+        let (status, headers, len) = loop {
+            let mut h = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut h);
+            if let httparse::Status::Complete(len) = resp.parse(&self.buf).unwrap() {
+                let headers = resp
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect::<Vec<_>>();
+                break (resp.code.unwrap(), headers, len);
+            }
+            assert!(self.fill().await > 0, "closed before an answer");
+        };
+        self.buf.drain(..len);
+        let mut answer = Answer {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if head_request {
+            return answer;
+        }
+        if answer
+            .header("transfer-encoding")
+            .is_some_and(|v| v.contains("chunked"))
+        {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    assert!(self.fill().await > 0, "closed mid-chunk");
+                };
+                let size = usize::from_str_radix(
+                    std::str::from_utf8(&self.buf[..line_end]).unwrap().trim(),
+                    16,
+                )
+                .unwrap();
+                while self.buf.len() < line_end + 2 + size + 2 {
+                    assert!(self.fill().await > 0, "closed mid-chunk");
+                }
+                answer
+                    .body
+                    .extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
+                self.buf.drain(..line_end + 2 + size + 2);
+                if size == 0 {
+                    return answer;
+                }
+            }
+        }
+        let length: usize = answer
+            .header("content-length")
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(0);
+        while self.buf.len() < length {
+            assert!(self.fill().await > 0, "closed mid-body");
+        }
+        answer.body = self.buf.drain(..length).collect();
+        answer
+    }
+
+    async fn answer(&mut self) -> Answer {
+        self.answer_to(false).await
+    }
+
+    /// Whether the edge has closed the connection (EOF, nothing more), within 10 s.
+    async fn closed(&mut self) -> bool {
+        self.buf.is_empty() && self.fill().await == 0
+    }
+}
+
+fn whoami(extra: &str) -> String {
+    format!("GET /v2/rpc/whoami?http_key=defaulthttpkey HTTP/1.1\r\nhost: localhost\r\n{extra}\r\n")
+}
+
+async fn edge_of(names: &[&str]) -> (Vec<StandIn>, Edge) {
+    let nodes: Vec<StandIn> = names.iter().map(|n| StandIn::start(n)).collect();
+    let toml: String = nodes.iter().map(StandIn::toml).collect();
+    let edge = Edge::start(&toml, "");
+    edge.wait_healthy(names).await;
+    (nodes, edge)
+}
+
+async fn raw_h1(
+    edge: &Edge,
+    source: &str,
+) -> Raw<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tls = edge.tls_connect(ip(source), &[b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    Raw::new(tls)
+}
+
+#[tokio::test]
+async fn one_keep_alive_connection_goes_round_robin_with_the_edges_forwarded_headers() {
+    let (_nodes, edge) = edge_of(&["a", "b"]).await;
+    let mut conn = raw_h1(&edge, "127.0.0.2").await;
+    let mut nodes = Vec::new();
+    for _ in 0..6 {
+        conn.send(
+            whoami(
+                "x-forwarded-for: 6.6.6.6\r\nx-real-ip: 6.6.6.6\r\nX_Forwarded_For: 6.6.6.6\r\n\
+                 x-forwarded-proto: http\r\nconnection: keep-alive, x-hop\r\nx-hop: secret\r\n\
+                 keep-alive: timeout=5\r\nx-game: kept\r\n",
+            )
+            .as_bytes(),
+        )
+        .await;
+        let a = conn.answer().await;
+        assert_eq!(a.status, 200);
+        let seen = a.seen();
+        assert_eq!(seen["x_forwarded_for"], "127.0.0.2", "{seen}");
+        assert_eq!(seen["x_forwarded_proto"], "https", "{seen}");
+        let headers = seen["headers"].as_object().unwrap();
+        for gone in [
+            "x-real-ip",
+            "x_forwarded_for",
+            "x-hop",
+            "keep-alive",
+            "connection",
+        ] {
+            assert!(
+                !headers.contains_key(gone),
+                "{gone} reached the node: {seen}"
+            );
+        }
+        assert_eq!(headers["x-game"], "kept");
+        assert_eq!(headers["x-forwarded-for"], "127.0.0.2", "one, the edge's");
+        nodes.push(seen["node"].as_str().unwrap().to_string());
+    }
+    assert_eq!(nodes, ["a", "b", "a", "b", "a", "b"]);
+
+    // The node's hop-by-hop headers stop at the edge.
+    conn.send(
+        b"GET /v2/rpc/hop_by_hop?http_key=defaulthttpkey HTTP/1.1\r\nhost: localhost\r\n\r\n",
+    )
+    .await;
+    let a = conn.answer().await;
+    assert_eq!(a.status, 200);
+    for gone in [
+        "keep-alive",
+        "connection",
+        "x-hop-secret",
+        "proxy-connection",
+        "trailer",
+        "upgrade",
+    ] {
+        assert!(a.header(gone).is_none(), "{gone} reached the player: {a:?}");
+    }
+
+    // Counted per status code and node, as pingora's path counts.
+    let metrics = edge.metrics().await;
+    let served: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("nakama_edge_http_requests_total{")
+                && l.contains("code=\"200\"")
+                && l.contains("route=\"api\"")
+                && (l.contains("node=\"a\"") || l.contains("node=\"b\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(served >= 7.0, "{metrics}");
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_bodies_and_all() {
+    let (_nodes, edge) = edge_of(&["a"]).await;
+    let mut conn = raw_h1(&edge, "127.0.0.1").await;
+    let body = "x".repeat(3000);
+    let pipelined = format!(
+        "{}POST /v2/rpc/whoami?http_key=defaulthttpkey HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n\r\n{body}{}",
+        whoami("x-order: 1\r\n"),
+        body.len(),
+        whoami("x-order: 3\r\n"),
+    );
+    conn.send(pipelined.as_bytes()).await;
+    let first = conn.answer().await.seen();
+    let second = conn.answer().await.seen();
+    let third = conn.answer().await.seen();
+    assert_eq!(first["headers"]["x-order"], "1");
+    assert_eq!(second["body_bytes"], 3000, "{second}");
+    assert_eq!(third["headers"]["x-order"], "3");
+}
+
+#[tokio::test]
+async fn a_large_answer_comes_chunked_and_whole_and_the_connection_carries_on() {
+    let (_nodes, edge) = edge_of(&["a"]).await;
+    let mut conn = raw_h1(&edge, "127.0.0.1").await;
+    // Over Go's 2 KiB response buffer: Nakama (and the stand-in) answer in chunks.
+    let pad = "p".repeat(4000);
+    for _ in 0..3 {
+        conn.send(whoami(&format!("x-pad: {pad}\r\n")).as_bytes())
+            .await;
+        let a = conn.answer().await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("transfer-encoding"), Some("chunked"));
+        assert_eq!(a.seen()["headers"]["x-pad"], pad.as_str());
+    }
+    conn.send(whoami("").as_bytes()).await;
+    assert_eq!(conn.answer().await.status, 200);
+}
+
+#[tokio::test]
+async fn head_answers_have_no_body_and_connection_close_closes() {
+    let (_nodes, edge) = edge_of(&["a"]).await;
+    let mut conn = raw_h1(&edge, "127.0.0.1").await;
+    conn.send(b"HEAD /v2/rpc/whoami?http_key=defaulthttpkey HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await;
+    let a = conn.answer_to(true).await;
+    assert_eq!(a.status, 200);
+    assert!(
+        a.header("content-length").is_some_and(|n| n != "0"),
+        "{a:?}"
+    );
+    // Nothing but the next answer follows: no body went out for the HEAD.
+    conn.send(b"GET /healthcheck HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await;
+    let a = conn.answer().await;
+    assert_eq!((a.status, a.body.as_slice()), (200, &b"{}"[..]));
+    assert_eq!(a.header("connection"), Some("close"));
+    assert!(
+        conn.closed().await,
+        "the edge closes after Connection: close"
+    );
+}
+
+#[tokio::test]
+async fn requests_for_pingoras_path_work_mid_connection() {
+    let (_nodes, edge) = edge_of(&["a"]).await;
+    let mut conn = raw_h1(&edge, "127.0.0.1").await;
+    conn.send(whoami("").as_bytes()).await;
+    assert_eq!(conn.answer().await.status, 200);
+    // A chunked request body: pingora's path reads it first, as before.
+    conn.send(
+        b"POST /v2/rpc/whoami?http_key=defaulthttpkey HTTP/1.1\r\nhost: localhost\r\n\
+          transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let a = conn.answer().await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.seen()["body_bytes"], 5);
+    conn.send(whoami("").as_bytes()).await;
+    assert_eq!(conn.answer().await.status, 200);
+    // Framing that cannot be trusted is refused there, and the connection closes.
+    conn.send(
+        b"POST /v2/rpc/whoami HTTP/1.1\r\nhost: localhost\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+    )
+    .await;
+    assert_eq!(conn.answer().await.status, 400);
+}
+
+#[tokio::test]
+async fn a_node_restarted_behind_idle_connections_costs_no_request() {
+    let (mut nodes, edge) = edge_of(&["a"]).await;
+    let address = nodes[0].http;
+    let grpc = nodes[0].grpc;
+    let mut conn = raw_h1(&edge, "127.0.0.1").await;
+    // Requests leave idle connections to the node in the edge's pool.
+    for _ in 0..3 {
+        conn.send(whoami("").as_bytes()).await;
+        assert_eq!(conn.answer().await.status, 200);
+    }
+    nodes[0].kill();
+    let grpc_flag = grpc.to_string();
+    nodes[0] = StandIn::start_with("a", address, &["--grpc", &grpc_flag]);
+    edge.wait_healthy(&["a"]).await;
+    // A login is not idempotent: it is not sent twice, but a connection the node closed
+    // before it was sent is not this request's failure.
+    conn.send(
+        b"POST /v2/account/authenticate/device?create=true HTTP/1.1\r\nhost: localhost\r\n\
+          authorization: Basic ZGVmYXVsdGtleTo=\r\ncontent-type: application/json\r\n\
+          content-length: 30\r\n\r\n{\"id\":\"restarted-node-device\"}",
+    )
+    .await;
+    let a = conn.answer().await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    eventually("the access log names the protocol", || async {
+        edge.log().contains("alpn=\"http/1.1\"")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_slow_body_gets_408_and_the_connection_closes() {
+    let a = StandIn::start("a");
+    let edge = Edge::start(&a.toml(), "[timeouts]\nrequest_body = \"1s\"\n");
+    edge.wait_healthy(&["a"]).await;
+    let mut conn = raw_h1(&edge, "127.0.0.1").await;
+    conn.send(
+        b"POST /v2/rpc/whoami?http_key=defaulthttpkey HTTP/1.1\r\nhost: localhost\r\ncontent-length: 10\r\n\r\nabc",
+    )
+    .await;
+    let answer = conn.answer().await;
+    assert_eq!(answer.status, 408);
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert!(conn.closed().await);
+    assert_eq!(
+        a.stats().await["requests"],
+        serde_json::json!(0),
+        "nothing reached the node"
+    );
+}
