@@ -210,9 +210,62 @@ fn head_scan(c: &mut Criterion) {
     });
 }
 
+/// The edge's own HTTP/1.1 API path (`h1_api`): a player's request head read and the node's
+/// written; a node's response head read and the player's written; a chunked body's end found.
+fn h1_api(c: &mut Criterion) {
+    use nakama_edge::h1_api::{
+        examine, parse_response_head, write_response_head, Arrival, ChunkScan,
+    };
+    let request = b"POST /v2/rpc/whoami HTTP/1.1\r\nHost: play.example.com\r\n\
+                    Content-Type: application/json\r\nAuthorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig\r\n\
+                    User-Agent: Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0\r\n\
+                    Accept: application/json\r\nAccept-Encoding: gzip, deflate\r\n\
+                    Connection: keep-alive\r\nContent-Length: 2\r\n\r\n{}";
+    let arrival = Arrival {
+        listener: nakama_edge::route::Listener::Https,
+        client: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+    };
+    let mut out = Vec::with_capacity(1024);
+    c.bench_function(
+        "HTTP/1.1 API path: read a 350-byte request head, write the node's",
+        |b| {
+            b.iter(|| {
+                out.clear();
+                black_box(examine(black_box(request), &arrival, false, &mut out))
+            })
+        },
+    );
+    let response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                     Grpc-Metadata-Content-Type: application/grpc\r\nVary: Accept-Encoding\r\n\
+                     Date: Mon, 30 Nov 2026 12:00:00 GMT\r\nContent-Length: 2\r\n\r\n{}";
+    c.bench_function(
+        "HTTP/1.1 API path: read a node's response head, write the player's",
+        |b| {
+            b.iter(|| {
+                out.clear();
+                if let Ok(Some(head)) = parse_response_head(black_box(response)) {
+                    write_response_head(&response[..head.len], &mut out, false);
+                }
+                black_box(&out);
+            })
+        },
+    );
+    let mut chunked = Vec::new();
+    for _ in 0..4 {
+        chunked.extend_from_slice(b"800\r\n");
+        chunked.extend_from_slice(&[b'x'; 2048]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    c.bench_function(
+        "HTTP/1.1 API path: find the end of an 8 KiB chunked body",
+        |b| b.iter(|| black_box(ChunkScan::default().advance(black_box(&chunked)))),
+    );
+}
+
 criterion_group! {
     name = hot_path;
     config = Criterion::default().warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
-    targets = pick, tokens, verify, firewall, rate_limit, metrics, headers, retry_budget, head_scan
+    targets = pick, tokens, verify, firewall, rate_limit, metrics, headers, retry_budget, head_scan, h1_api
 }
 criterion_main!(hot_path);
