@@ -8,7 +8,7 @@
 //!     └─► Entry::process_new
 //!           ├─ PROXY header (trusted peers only): the client address; then the firewall on it
 //!           ├─ limits: new connections per second, concurrent connections per client
-//!           ├─ TLS: own Acceptor, handshake timeout ── failed: closed, counted
+//!           ├─ TLS: player_tls (rustls), handshake timeout ── failed: closed, counted
 //!           │     └─ ALPN acme-tls/1: a TLS-ALPN-01 validation, closed after the handshake
 //!           ├─ ClientConn: request-header and WebSocket-idle deadlines, the connection slot
 //!           ├─► h1_api: HTTP/1.1 API requests (https, and http when it does not redirect)
@@ -26,7 +26,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
-use pingora_core::listeners::tls::Acceptor;
 use pingora_core::listeners::ConnectionFilter;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
@@ -34,12 +33,14 @@ use pingora_core::protocols::{GetSocketDigest, SocketDigest, Ssl, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use crate::client_conn::ClientConn;
 use crate::firewall::{canonical, Firewall};
 use crate::h1_api::{self, Arrival, Served};
 use crate::limits::{client_key, Limited};
 use crate::metrics::{RejectReason, TlsFailure};
+use crate::player_tls;
 use crate::proxy::Edge;
 use crate::proxy_protocol::{read_header, Origin};
 use crate::route::Listener;
@@ -98,7 +99,7 @@ impl ConnectionFilter for PeerFilter {
 pub struct Entry {
     shared: Arc<Shared>,
     listener: Listener,
-    tls: Option<Acceptor>,
+    tls: Option<TlsAcceptor>,
     http: Arc<HttpProxy<Edge>>,
     /// Turns true when idle keep-alive connections of [`h1_api`] are to close.
     closing: watch::Sender<bool>,
@@ -110,7 +111,7 @@ impl Entry {
     pub fn new(
         shared: Arc<Shared>,
         listener: Listener,
-        tls: Option<Acceptor>,
+        tls: Option<TlsAcceptor>,
         http: HttpProxy<Edge>,
     ) -> Self {
         Entry {
@@ -137,11 +138,14 @@ fn peer_of(stream: &L4Stream) -> Option<SocketAddr> {
 }
 
 /// Whether a handshake failed because the peer closed the connection (a TCP probe, a client
-/// that gave up), rather than because TLS went wrong. Pingora's handshake errors keep only the
-/// text of their cause (`explain_err`), so this reads tokio-rustls's and the kernel's words.
-fn went_away(e: &pingora_error::Error) -> bool {
-    let text = e.to_string();
-    text.ends_with("tls handshake eof") || text.contains("Connection reset by peer")
+/// that gave up), rather than because TLS went wrong.
+fn went_away(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+    )
 }
 
 /// Make `client` the peer address pingora reports for this connection (the digest's
@@ -194,7 +198,8 @@ impl ServerApp for Entry {
         let stream: Stream = match &self.tls {
             None => Box::new(l4),
             Some(acceptor) => {
-                match tokio::time::timeout(timeouts.tls_handshake, acceptor.tls_handshake(l4)).await
+                match tokio::time::timeout(timeouts.tls_handshake, player_tls::accept(acceptor, l4))
+                    .await
                 {
                     Ok(Ok(tls)) => {
                         self.shared.metrics.tls_handshake(true);

@@ -15,6 +15,7 @@
 //! | [`accept`] | the one accept path: firewall, TLS, then HTTP |
 //! | [`proxy`] | the request path (pingora `ProxyHttp`) |
 //! | [`tunnel`] | WebSockets past their upgrade: the edge's own lean splice |
+//! | [`player_tls`] | a player's TLS stream: rustls over the socket, with pingora's digest |
 //! | [`client_conn`] | a player's connection: header and WebSocket-idle deadlines, its slot |
 //! | [`proxy_protocol`] | PROXY protocol v1/v2 from trusted load balancers |
 //! | [`limits`] | per-client rate and connection limits: per user (verified token), else per IP |
@@ -53,6 +54,7 @@ pub mod limits;
 pub mod logging;
 pub mod logins;
 pub mod metrics;
+pub mod player_tls;
 pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;

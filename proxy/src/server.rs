@@ -32,7 +32,6 @@ use nakama_edge_certs::store::CertStore;
 use nakama_edge_certs::{install_crypto_provider, CertifiedKey};
 use nakama_edge_config::{AcmeChallenge, CertificateSource, Config};
 use pingora_core::apps::HttpServerOptions;
-use pingora_core::listeners::tls::Acceptor;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
@@ -198,7 +197,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     ] {
         let Some(addr) = addr else { continue };
         let acceptor =
-            (listener != Listener::Http).then(|| Acceptor::from_server_config(tls.clone()));
+            (listener != Listener::Http).then(|| tokio_rustls::TlsAcceptor::from(tls.clone()));
         let mut edge = http_proxy(&server_conf, Edge::new(shared.clone(), listener));
         edge.server_options = Some(server_options(&shared));
         let entry = Entry::new(shared.clone(), listener, acceptor, edge);
@@ -335,7 +334,7 @@ fn first_health_checks(shared: &Shared) -> anyhow::Result<()> {
 /// header buffer, so a request costs the same number of reads; an idle connection holds none.
 const PLAYER_SOCKET_BUFFERS: L4BufferSettings = L4BufferSettings {
     read: Some(0),
-    write: None,
+    write: Some(0),
 };
 
 /// HTTP server options of the player listeners: HTTP/2 connections idle for
