@@ -18,7 +18,8 @@
 #     round-trip p50 and p99, and the proxy's CPU time per relayed message (two per round trip:
 #     one each way), counted from the first message to the last, not the sockets' opening;
 #   - memory per idle proxied WebSocket over TLS (`edge-load hold-ws`): the growth of the
-#     proxy's resident memory divided by the sockets, at each total in $WS_COUNTS.
+#     proxy's resident memory divided by the sockets, at each total in $WS_COUNTS, measured
+#     first, on the freshly started proxy.
 # Every proxy is measured once per round, in turn, $ROUNDS rounds; the table shows each figure's
 # median over the rounds, and its ratios are of those medians. It goes to stdout and to
 # target/side-by-side.md.
@@ -186,11 +187,13 @@ wsmem() {
 measure() {
   local name=$1 pid=$2 http=$3 https=$4
   wait_ok "https://127.0.0.1:$https/healthcheck"
+  # Memory first, while the process is fresh: after the other loads its allocator holds
+  # freed memory that new sockets reuse unseen, and the figure would flatter every proxy.
+  wsmem "$name" "$pid" "wss://127.0.0.1:$https/ws"
   keepalive "$name" "$pid" "http://127.0.0.1:$http/healthcheck" "TCP"
   keepalive "$name" "$pid" "https://127.0.0.1:$https/healthcheck" "TLS"
   handshakes "$name" "$pid" "127.0.0.1:$https"
   wsecho "$name" "$pid" "wss://127.0.0.1:$https/ws"
-  wsmem "$name" "$pid" "wss://127.0.0.1:$https/ws"
   stop "$pid"
 }
 
