@@ -320,67 +320,114 @@ pub mod batch {
         write_queued(&mut Vec::new(), &mut Vec::new());
     }
 
+    /// Whether `text` is written the same quoted by Rust's `Debug` and by JSON: printable
+    /// ASCII but `"` and `\` (paths, methods, node names almost always are).
+    fn plain(text: &str) -> bool {
+        text.bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    }
+
+    /// `text` quoted: as Rust's `Debug` writes it (`json`: as serde_json does).
+    fn quoted(out: &mut Vec<u8>, text: &str, json: bool) {
+        use std::io::Write as _;
+        if plain(text) {
+            out.push(b'"');
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'"');
+        } else if json {
+            let _ = serde_json::to_writer(&mut *out, text);
+        } else {
+            let _ = write!(out, "{text:?}");
+        }
+    }
+
     /// One line, as tracing's formatter writes an event with these fields (human: Rust's
     /// `Debug` for strings; JSON: flattened, strings escaped by serde_json).
     pub fn format(r: &Record, json: bool, out: &mut Vec<u8>) {
         use std::io::Write as _;
-        // Writing into a Vec cannot fail.
+        // `,"name":` or ` name=`.
+        let key = |out: &mut Vec<u8>, name: &str| {
+            out.extend_from_slice(if json { b",\"" } else { b" " });
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(if json { b"\":" } else { b"=" });
+        };
+        let text = |out: &mut Vec<u8>, name: &str, value: &str| {
+            key(out, name);
+            quoted(out, value, json);
+        };
         if json {
             out.extend_from_slice(b"{\"timestamp\":\"");
             timestamp(r.at, out);
             out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"access\"");
-            if let Some(ip) = r.client {
-                let _ = write!(out, ",\"client\":\"{ip}\"");
-            }
-            let text = |out: &mut Vec<u8>, name: &str, value: &str| {
-                let _ = write!(out, ",\"{name}\":");
-                let _ = serde_json::to_writer(&mut *out, value);
-            };
-            text(out, "method", r.method.as_str());
-            text(out, "path", r.path.as_str());
-            let _ = write!(out, ",\"status\":{}", r.status);
-            text(out, "route", r.route);
-            text(out, "node", r.node.as_str());
-            out.extend_from_slice(b",\"duration_ms\":");
-            let _ = serde_json::to_writer(&mut *out, &r.duration_ms);
-            let _ = write!(
-                out,
-                ",\"bytes_in\":{},\"bytes_out\":{}",
-                r.bytes_in, r.bytes_out
-            );
-            text(out, "tls", r.tls);
-            text(out, "alpn", r.alpn);
-            let _ = writeln!(out, ",\"target\":\"{}\"}}", super::ACCESS_TARGET);
         } else {
             timestamp(r.at, out);
-            let _ = write!(out, "  INFO {}: access", super::ACCESS_TARGET);
-            if let Some(ip) = r.client {
-                let _ = write!(out, " client={ip}");
-            }
-            let _ = writeln!(
-                out,
-                " method={:?} path={:?} status={} route={:?} node={:?} duration_ms={:?} bytes_in={} bytes_out={} tls={:?} alpn={:?}",
-                r.method.as_str(),
-                r.path.as_str(),
-                r.status,
-                r.route,
-                r.node.as_str(),
-                r.duration_ms,
-                r.bytes_in,
-                r.bytes_out,
-                r.tls,
-                r.alpn,
-            );
+            out.extend_from_slice(b"  INFO ");
+            out.extend_from_slice(super::ACCESS_TARGET.as_bytes());
+            out.extend_from_slice(b": access");
         }
+        // Writing into a Vec cannot fail.
+        if let Some(ip) = r.client {
+            key(out, "client");
+            let _ = if json {
+                write!(out, "\"{ip}\"")
+            } else {
+                write!(out, "{ip}")
+            };
+        }
+        text(out, "method", r.method.as_str());
+        text(out, "path", r.path.as_str());
+        key(out, "status");
+        let _ = write!(out, "{}", r.status);
+        text(out, "route", r.route);
+        text(out, "node", r.node.as_str());
+        key(out, "duration_ms");
+        let _ = if json {
+            serde_json::to_writer(&mut *out, &r.duration_ms).map_err(|_| std::fmt::Error)
+        } else {
+            write!(out, "{:?}", r.duration_ms).map_err(|_| std::fmt::Error)
+        };
+        key(out, "bytes_in");
+        let _ = write!(out, "{}", r.bytes_in);
+        key(out, "bytes_out");
+        let _ = write!(out, "{}", r.bytes_out);
+        text(out, "tls", r.tls);
+        text(out, "alpn", r.alpn);
+        if json {
+            text(out, "target", super::ACCESS_TARGET);
+            out.push(b'}');
+        }
+        out.push(b'\n');
     }
 
     /// `2026-11-30T15:14:06.798219Z` (RFC 3339, UTC, microseconds), as tracing writes it.
     pub fn timestamp(at: SystemTime, out: &mut Vec<u8>) {
         use std::io::Write as _;
+        thread_local! {
+            /// The last second written, as `2026-11-30T15:14:06.` (lines come in order).
+            static SECOND: std::cell::RefCell<(u64, Vec<u8>)> =
+                const { std::cell::RefCell::new((u64::MAX, Vec::new())) };
+        }
         let since = at
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
         let secs = since.as_secs();
+        SECOND.with(|second| {
+            let mut second = second.borrow_mut();
+            let (at, text) = &mut *second;
+            if *at != secs {
+                *at = secs;
+                text.clear();
+                date_time(secs, text);
+            }
+            out.extend_from_slice(text);
+        });
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{:06}Z", since.subsec_micros());
+    }
+
+    /// `2026-11-30T15:14:06.` for `secs` since the epoch.
+    fn date_time(secs: u64, out: &mut Vec<u8>) {
+        use std::io::Write as _;
         let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
         // Days to a civil date (H. Hinnant's algorithm).
         let z = days + 719_468;
@@ -394,11 +441,10 @@ pub mod batch {
         let year = yoe + era * 400 + i64::from(month <= 2);
         let _ = write!(
             out,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.",
             rest / 3600,
             rest / 60 % 60,
             rest % 60,
-            since.subsec_micros()
         );
     }
 }
