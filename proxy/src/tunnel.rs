@@ -58,13 +58,9 @@ pub fn request_head(req: &RequestHeader, client: Option<IpAddr>, proto: &str) ->
     head.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers.iter() {
         // The upgrade's own Connection and Upgrade go to the node; no other hop-by-hop
-        // header, and no address claim, does.
+        // header, no address claim and no X-Forwarded-Proto of the client's does.
         let name_str = name.as_str();
-        if headers::claims_address(name_str)
-            || (headers::is_hop_by_hop(name_str)
-                && name_str != "connection"
-                && name_str != "upgrade")
-        {
+        if !(headers::crosses_edge(name_str) || name_str == "connection" || name_str == "upgrade") {
             continue;
         }
         head.extend_from_slice(name.as_str().as_bytes());
@@ -478,6 +474,7 @@ mod tests {
         req.insert_header("x-forwarded-for", "6.6.6.6").unwrap();
         req.insert_header("x_real_ip", "6.6.6.7").unwrap();
         req.insert_header("keep-alive", "timeout=300").unwrap();
+        req.insert_header("x-forwarded-proto", "http").unwrap();
         let head = request_head(&req, Some("127.0.0.2".parse().unwrap()), "https");
         let text = String::from_utf8(head).unwrap();
         assert!(text.starts_with("GET /ws?token=abc&status=true HTTP/1.1\r\n"));
@@ -487,6 +484,11 @@ mod tests {
         assert!(!text.contains("6.6.6.6") && !text.contains("6.6.6.7"));
         assert!(!text.contains("keep-alive"));
         assert!(text.ends_with("x-forwarded-proto: https\r\n\r\n"));
+        assert_eq!(
+            text.matches("x-forwarded-proto").count(),
+            1,
+            "the edge's only"
+        );
     }
 
     async fn answer_of(wire: &'static [u8]) -> io::Result<(Answer, Bytes)> {
