@@ -850,7 +850,10 @@ pub fn parse_response_head(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(bad_answer("node's response head does not parse")),
     };
-    let status = resp.code.ok_or_else(|| bad_answer("no status"))?;
+    let status = resp
+        .code
+        .filter(|code| (100..1000).contains(code))
+        .ok_or_else(|| bad_answer("no status, or one under 100"))?;
     let mut framing = Framing::Close;
     let mut reusable = resp.version == Some(1);
     let mut length = None;
@@ -905,18 +908,23 @@ pub fn parse_response_head(buf: &[u8]) -> io::Result<Option<ResponseHead>> {
     }))
 }
 
-/// The player's response head from the node's `head`: the status line as sent, every header
+/// The player's response head from the node's `head`: its status and reason, every header
 /// but the hop-by-hop ones (`Connection` and those it names, `Keep-Alive`, ...), and
 /// `Connection: close` when the player's connection ends after it.
 pub fn write_response_head(head: &[u8], out: &mut Vec<u8>, close: bool) {
+    use std::io::Write as _;
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     // Parsed once already.
     let _ = resp.parse(head);
-    let status_line_end = memchr::memchr(b'\n', head).map_or(0, |i| i + 1);
-    out.extend_from_slice(b"HTTP/1.1");
-    // " 200 OK\r\n": the status line as sent, after its version.
-    out.extend_from_slice(&head[8.min(status_line_end)..status_line_end]);
+    // The status line from its parts: the node's may follow empty lines, or lack a reason.
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        resp.code.unwrap_or(502),
+        resp.reason.unwrap_or("")
+    );
     let connection_names = resp
         .headers
         .iter()
@@ -1210,6 +1218,7 @@ mod tests {
         )
         .is_err());
         assert!(parse_response_head(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").is_err());
+        assert!(parse_response_head(b"HTTP/1.1 000 OK\r\n\r\n").is_err());
         assert!(parse_response_head(b"HTTP/1.1 200 OK\r\n")
             .unwrap()
             .is_none());
@@ -1227,6 +1236,10 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\nGrpc-Status: 5\r\n\r\n"
         );
+        let mut out = Vec::new();
+        // Empty lines before the status line (which httparse allows), and no reason phrase.
+        write_response_head(b"\n\nHTTP/1.1 404\n\n", &mut out, false);
+        assert_eq!(String::from_utf8(out).unwrap(), "HTTP/1.1 404 \r\n\r\n");
         let mut out = Vec::new();
         write_response_head(b"HTTP/1.1 200 OK\r\n\r\n", &mut out, true);
         assert_eq!(
