@@ -106,8 +106,14 @@ pub async fn serve(
             HeadRead::Complete => at_least = 1,
             HeadRead::Closed => return Served::Done,
         }
-        let started = Instant::now();
         let snapshot = shared.snapshot();
+        let books = Books {
+            shared,
+            snapshot: &snapshot,
+            origin,
+            tls,
+            started: Instant::now(),
+        };
         out.clear();
         let redirect = snapshot.config.listeners.http_redirect;
         let head = match examine(&from_client, origin, redirect, &mut out) {
@@ -122,18 +128,7 @@ pub async fn serve(
             }
             Examined::TooLarge => {
                 let _ = answer(&mut conn, Refusal::new(431).closing()).await;
-                account(
-                    shared,
-                    &snapshot,
-                    origin,
-                    tls,
-                    &from_client,
-                    None,
-                    431,
-                    started,
-                    0,
-                    0,
-                );
+                books.close(&from_client, None, 431, "none", 0, 0);
                 return Served::Done;
             }
         };
@@ -144,23 +139,12 @@ pub async fn serve(
         // 2. The body, in full.
         let body_end = head.len + head.body;
         if from_client.len() < body_end {
-            let deadline = started + snapshot.config.timeouts.request_body;
+            let deadline = books.started + snapshot.config.timeouts.request_body;
             match read_to(&mut conn, &mut from_client, body_end, deadline).await {
                 Ok(()) => {}
                 Err(BodyRead::Late) => {
                     let _ = answer(&mut conn, Refusal::new(408).closing()).await;
-                    account(
-                        shared,
-                        &snapshot,
-                        origin,
-                        tls,
-                        &from_client,
-                        Some(&head),
-                        408,
-                        started,
-                        0,
-                        0,
-                    );
+                    books.close(&from_client, Some(&head), 408, "none", 0, 0);
                     return Served::Done;
                 }
                 Err(BodyRead::Gone) => return Served::Done,
@@ -194,18 +178,7 @@ pub async fn serve(
                 if answer(&mut conn, refusal).await.is_err() {
                     return Served::Done;
                 }
-                account(
-                    shared,
-                    &snapshot,
-                    origin,
-                    tls,
-                    &from_client,
-                    Some(&head),
-                    429,
-                    started,
-                    head.body,
-                    0,
-                );
+                books.close(&from_client, Some(&head), 429, "none", head.body, 0);
                 if close_after {
                     return Served::Done;
                 }
@@ -235,16 +208,11 @@ pub async fn serve(
             .node
             .and_then(|i| snapshot.pool.nodes.get(i))
             .map_or("none", |n| n.config.name.as_str());
-        account_at(
-            shared,
-            &snapshot,
-            origin,
-            tls,
+        books.close(
             &from_client,
             Some(&head),
             relayed.status,
             node_name,
-            started,
             head.body,
             relayed.body_sent,
         );
@@ -1108,59 +1076,47 @@ impl ChunkScan {
     }
 }
 
-/// Counters and the access-log line of a request the edge answered itself.
-#[allow(clippy::too_many_arguments)]
-fn account(
-    shared: &Shared,
-    snapshot: &Snapshot,
-    origin: &Arrival,
+/// What a request's counters and access-log line are made of, besides its outcome.
+struct Books<'a> {
+    shared: &'a Shared,
+    snapshot: &'a Snapshot,
+    origin: &'a Arrival,
     tls: &'static str,
-    buf: &[u8],
-    head: Option<&Head>,
-    status: u16,
     started: Instant,
-    received: usize,
-    sent: usize,
-) {
-    account_at(
-        shared, snapshot, origin, tls, buf, head, status, "none", started, received, sent,
-    )
 }
 
-/// Counters (per status code, route, node; bytes) and the access-log line of a request.
-#[allow(clippy::too_many_arguments)]
-fn account_at(
-    shared: &Shared,
-    snapshot: &Snapshot,
-    origin: &Arrival,
-    tls: &'static str,
-    buf: &[u8],
-    head: Option<&Head>,
-    status: u16,
-    node: &str,
-    started: Instant,
-    received: usize,
-    sent: usize,
-) {
-    let seconds = started.elapsed().as_secs_f64();
-    let metrics = &shared.metrics;
-    metrics.request(status, Route::Api, node, seconds);
-    metrics.bytes(Route::Api, received, sent);
-    if snapshot.config.log.access_log {
-        let (method, path) = head.map_or(("-", "-"), |h| (h.method(buf), h.path(buf)));
-        logging::access(
-            Some(origin.client),
-            method,
-            path,
-            status,
-            Route::Api.as_str(),
-            node,
-            seconds * 1000.0,
-            received,
-            sent,
-            tls,
-            "http/1.1",
-        );
+impl Books<'_> {
+    /// Count the request (per status code, route and node; bytes) and write its access-log
+    /// line. `buf` holds its head, `head` says where (`None`: no head was read whole).
+    fn close(
+        &self,
+        buf: &[u8],
+        head: Option<&Head>,
+        status: u16,
+        node: &str,
+        received: usize,
+        sent: usize,
+    ) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let metrics = &self.shared.metrics;
+        metrics.request(status, Route::Api, node, seconds);
+        metrics.bytes(Route::Api, received, sent);
+        if self.snapshot.config.log.access_log {
+            let (method, path) = head.map_or(("-", "-"), |h| (h.method(buf), h.path(buf)));
+            logging::access(
+                Some(self.origin.client),
+                method,
+                path,
+                status,
+                Route::Api.as_str(),
+                node,
+                seconds * 1000.0,
+                received,
+                sent,
+                self.tls,
+                "http/1.1",
+            );
+        }
     }
 }
 
