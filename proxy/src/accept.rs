@@ -33,7 +33,6 @@ use pingora_core::protocols::{GetSocketDigest, SocketDigest, Ssl, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use crate::client_conn::ClientConn;
 use crate::firewall::{canonical, Firewall};
@@ -99,7 +98,7 @@ impl ConnectionFilter for PeerFilter {
 pub struct Entry {
     shared: Arc<Shared>,
     listener: Listener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     http: Arc<HttpProxy<Edge>>,
     /// Turns true when idle keep-alive connections of [`h1_api`] are to close.
     closing: watch::Sender<bool>,
@@ -111,7 +110,7 @@ impl Entry {
     pub fn new(
         shared: Arc<Shared>,
         listener: Listener,
-        tls: Option<TlsAcceptor>,
+        tls: Option<Arc<rustls::ServerConfig>>,
         http: HttpProxy<Edge>,
     ) -> Self {
         Entry {
@@ -197,8 +196,8 @@ impl ServerApp for Entry {
 
         let stream: Stream = match &self.tls {
             None => Box::new(l4),
-            Some(acceptor) => {
-                match tokio::time::timeout(timeouts.tls_handshake, player_tls::accept(acceptor, l4))
+            Some(config) => {
+                match tokio::time::timeout(timeouts.tls_handshake, player_tls::accept(config, l4))
                     .await
                 {
                     Ok(Ok(tls)) => {

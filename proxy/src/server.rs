@@ -196,8 +196,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         (Listener::Console, listeners.console),
     ] {
         let Some(addr) = addr else { continue };
-        let acceptor =
-            (listener != Listener::Http).then(|| tokio_rustls::TlsAcceptor::from(tls.clone()));
+        let acceptor = (listener != Listener::Http).then(|| tls.clone());
         let mut edge = http_proxy(&server_conf, Edge::new(shared.clone(), listener));
         edge.server_options = Some(server_options(&shared));
         let entry = Entry::new(shared.clone(), listener, acceptor, edge);
