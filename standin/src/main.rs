@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use nakama_standin::token;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -480,7 +480,12 @@ fn websocket(node: Arc<Node>, req: &mut Request<Incoming>) -> Response<Body> {
     let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        // Nakama reads sockets in 4 KiB (socket.read_buffer_size_bytes); tungstenite's default
+        // of 128 KiB is zeroed again before every read.
+        let config = WebSocketConfig::default().read_buffer_size(4096);
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
         node.websockets.fetch_add(1, Ordering::Relaxed);
         realtime(&node, ws, &info).await;
         node.websockets.fetch_sub(1, Ordering::Relaxed);
