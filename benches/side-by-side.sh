@@ -95,7 +95,8 @@ wait_ok() {
     curl -skf -o /dev/null "$1" && return 0
     sleep 0.2
   done
-  echo "no answer from $1" >&2
+  echo "no answer from $1; the logs end:" >&2
+  tail -n 5 "$work"/*.log >&2
   return 1
 }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -199,6 +200,8 @@ measure() {
 
 # The nodes: two for the proxies, on the load core; one alone on the proxy core for the
 # direct figures. No Nakama-style pings while idle (--ping-interval), so idle means idle.
+# Every listening port here is below the ephemeral range (32768 and up), where one of the
+# load's or a proxy's own connections could be holding it when the next proxy starts.
 start node-a $LOAD_CPU "$BIN/nakama-standin" --name a --listen 127.0.0.1:17350 --ping-interval 3600
 start node-b $LOAD_CPU "$BIN/nakama-standin" --name b --listen 127.0.0.1:17360 --ping-interval 3600
 wait_ok http://127.0.0.1:17350/healthcheck
@@ -308,8 +311,8 @@ http {
   }
   map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
   server {
-    listen 127.0.0.1:38080;
-    listen 127.0.0.1:38443 ssl;
+    listen 127.0.0.1:29080;
+    listen 127.0.0.1:29443 ssl;
     ssl_certificate $work/cert.pem;
     ssl_certificate_key $work/key.pem;
     location / {
@@ -324,7 +327,7 @@ http {
 }
 EOF
 start nginx $PROXY_CPU nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e stderr
-measure nginx "$started" 38080 38443
+measure nginx "$started" 29080 29443
 fi
 
 # --- direct to a node (plain: Nakama nodes behind an edge do not terminate TLS) ----------

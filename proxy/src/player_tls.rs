@@ -356,6 +356,15 @@ fn last_gasp(conn: &mut UnbufferedServerConnection, outgoing: &mut Vec<u8>) {
 }
 
 impl PlayerTls {
+    /// Drop the first `used` bytes of `incoming`, and its allocation once nothing is left.
+    fn processed(&mut self, used: usize) {
+        if used == self.incoming.len() {
+            self.incoming = Vec::new();
+        } else {
+            self.incoming.drain(..used);
+        }
+    }
+
     /// Write `outgoing` to the socket; ready when all of it is written.
     fn poll_flush_outgoing(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.outgoing_at < self.outgoing.len() {
@@ -453,7 +462,7 @@ impl PlayerTls {
             self.reading = Reading::Closed;
         }
         let (used, reached) = step?;
-        self.incoming.drain(..used);
+        self.processed(used);
         let Reached::Made(made) = reached else {
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -610,7 +619,7 @@ impl AsyncWrite for PlayerTls {
                 &mut this.outgoing,
                 goal,
             ) {
-                this.incoming.drain(..used);
+                this.processed(used);
                 this.outgoing.extend_from_slice(&alert[..n]);
             }
         }
