@@ -175,8 +175,9 @@ pub mod batch {
 
     /// How long a line may wait in the queue.
     pub const FLUSH: Duration = Duration::from_millis(100);
-    /// Queued records that wake the thread before [`FLUSH`] has passed.
-    pub const WAKE_AT: usize = 2048;
+    /// Queued records that wake the thread before [`FLUSH`] has passed: small batches, so
+    /// that a worker sharing the core waits a fraction of a millisecond for one, not several.
+    pub const WAKE_AT: usize = 256;
     /// Queued records past which the request path writes its own line.
     pub const MAX_QUEUED: usize = 64 * 1024;
     /// Bytes of lines written at once.
@@ -288,7 +289,22 @@ pub mod batch {
         let _ = std::io::stderr().lock().write_all(&line);
     }
 
+    /// The access-log thread's nice value. A batch formatted at the workers' priority held up
+    /// the requests in flight on that core while it ran: the edge's p99 under load doubled
+    /// with the log on (BENCHMARKS.md). At nice 10 the thread gives way to the workers and
+    /// still gets a tenth of a busy core, several times what a saturated worker's lines take
+    /// to format. (At SCHED_IDLE it got too little under saturation: the queue filled and the
+    /// request path wrote its own lines.)
+    pub const NICE: i32 = 10;
+
     fn run() {
+        #[cfg(target_os = "linux")]
+        // SAFETY: gettid has no preconditions; setpriority on this thread's own id only
+        // lowers its priority, which needs no privilege. A failure leaves it as it was.
+        unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, NICE);
+        }
         let mut taken = Vec::new();
         let mut lines = Vec::with_capacity(WRITE_BYTES + 1024);
         loop {
