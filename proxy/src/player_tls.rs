@@ -35,8 +35,11 @@ use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
+use rustls::server::ServerConnectionData;
 use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus,
+};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -283,13 +286,7 @@ fn advance(
                     sink.put(record.payload);
                 }
             }
-            ConnectionState::EncodeTlsData(mut encode) => {
-                encode_into(outgoing, |out| match encode.encode(out) {
-                    Ok(n) => Ok(n),
-                    Err(EncodeError::InsufficientSize(short)) => Err(Some(short.required_size)),
-                    Err(EncodeError::AlreadyEncoded) => Err(None),
-                })
-            }
+            ConnectionState::EncodeTlsData(mut encode) => encode_into(outgoing, &mut encode),
             // `outgoing` goes to the socket before anything made later: transmitted, as far
             // as ordering goes.
             ConnectionState::TransmitTlsData(transmit) => transmit.done(),
@@ -319,22 +316,21 @@ fn advance(
     }
 }
 
-/// Append what `encode` writes to `out`, growing it as far as `encode` says it needs
-/// (`Err(Some(n))`); `Err(None)`: nothing to write.
-fn encode_into(
-    out: &mut Vec<u8>,
-    mut encode: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>,
-) {
+/// Append the handshake or alert record `encode` holds to `out`, growing it as far as rustls
+/// says the record needs.
+fn encode_into(out: &mut Vec<u8>, encode: &mut EncodeTlsData<'_, ServerConnectionData>) {
     let start = out.len();
     let mut room = 1024;
     loop {
         out.resize(start + room, 0);
-        match encode(&mut out[start..]) {
+        match encode.encode(&mut out[start..]) {
             Ok(n) => {
                 out.truncate(start + n);
                 return;
             }
-            Err(Some(needed)) if needed > room => room = needed,
+            Err(EncodeError::InsufficientSize(short)) if short.required_size > room => {
+                room = short.required_size;
+            }
             Err(_) => {
                 out.truncate(start);
                 return;
@@ -347,11 +343,7 @@ fn encode_into(
 fn last_gasp(conn: &mut UnbufferedServerConnection, outgoing: &mut Vec<u8>) {
     let status = conn.process_tls_records(&mut []);
     if let Ok(ConnectionState::EncodeTlsData(mut encode)) = status.state {
-        encode_into(outgoing, |out| match encode.encode(out) {
-            Ok(n) => Ok(n),
-            Err(EncodeError::InsufficientSize(short)) => Err(Some(short.required_size)),
-            Err(EncodeError::AlreadyEncoded) => Err(None),
-        });
+        encode_into(outgoing, &mut encode);
     }
 }
 
