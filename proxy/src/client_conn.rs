@@ -18,11 +18,18 @@
 //! before pingora has buffered or parsed any of it (pingora would answer its own parse limits
 //! with 400). The rest of what the client sends is read and dropped for a moment
 //! ([`LINGER`]), so that it reads the answer instead of a reset.
+//!
+//! The same goes for a request refused before its body was read (413 for a body over 256 KiB,
+//! 408 for one too slow, 400 for one of unknown length): the request path marks the
+//! connection with [`ClientConn::linger_on_close`], and when it is dropped its stream is
+//! handed to a task that closes its side, then reads and drops what the client still sends
+//! ([`LINGER`], [`LINGER_BYTES`]). Closing a socket with unread bytes sends a reset, and a
+//! client still writing its body then reports the reset, not the answer it was sent.
 
 use std::fmt;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -75,6 +82,10 @@ pub const MAX_HEADER_LINES: u32 = 200;
 /// After refusing a head, how long the rest of the client's bytes are read and dropped before
 /// the connection closes.
 pub const LINGER: Duration = Duration::from_secs(2);
+
+/// At most this much of a refused request's body is read and dropped before its connection
+/// closes anyway (a client that sends more is reset).
+pub const LINGER_BYTES: usize = 16 << 20;
 
 /// Where an HTTP/1.x request head is, byte by byte, and whether it is still within limits.
 /// Lines end in LF, with or without CR (RFC 9112 §2.2); empty lines before the request line
@@ -154,8 +165,11 @@ pub struct ClientConn {
     since: Option<Instant>,
     timer: Pin<Box<Sleep>>,
     timer_at: Option<Instant>,
-    _slot: Option<ConnectionSlot>,
-    _open: Option<OpenConnection>,
+    /// Held until the connection closes, lingering included.
+    slot: Option<ConnectionSlot>,
+    open: Option<OpenConnection>,
+    /// Set by [`ClientConn::linger_on_close`].
+    linger: AtomicBool,
     /// Server-to-client frame boundaries, once upgraded.
     frames: Frames,
     closer: Arc<Closer>,
@@ -206,8 +220,9 @@ impl ClientConn {
                 Instant::now() + Duration::from_secs(86400),
             )),
             timer_at: None,
-            _slot: slot,
-            _open: open,
+            slot,
+            open,
+            linger: AtomicBool::new(false),
             frames: Frames::default(),
             closer: Arc::default(),
             close: Close::Open,
@@ -254,6 +269,13 @@ impl ClientConn {
     /// Upgraded: closed after `idle` without a byte from the client.
     pub fn enter_websocket(&self, idle: Duration) {
         self.enter(Phase::WebSocket, idle);
+    }
+
+    /// The answer going out refuses a request whose body the client may still be sending:
+    /// when this connection is dropped, read and drop what the client sends before closing
+    /// (module doc).
+    pub fn linger_on_close(&self) {
+        self.linger.store(true, Ordering::Relaxed);
     }
 
     /// The current phase.
@@ -537,6 +559,99 @@ impl Peek for ClientConn {
     }
 }
 
+impl Drop for ClientConn {
+    fn drop(&mut self) {
+        if !*self.linger.get_mut() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let stream = std::mem::replace(&mut self.inner, Box::new(Detached));
+        // The client's connection limit and the listener's gauge still count it meanwhile.
+        let held = (self.slot.take(), self.open.take());
+        runtime.spawn(linger(stream, held));
+    }
+}
+
+/// Close `stream`'s side (TLS close_notify, then FIN), then read and drop what the client
+/// sends until it closes, [`LINGER`] passes or [`LINGER_BYTES`] are dropped.
+async fn linger(mut stream: Stream, held: (Option<ConnectionSlot>, Option<OpenConnection>)) {
+    let drain = async {
+        Shutdown::shutdown(&mut *stream).await;
+        let mut scratch = [0u8; 4096];
+        let mut dropped = 0;
+        while dropped < LINGER_BYTES {
+            match tokio::io::AsyncReadExt::read(&mut stream, &mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => dropped += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+    drop(held);
+}
+
+/// What a dropped [`ClientConn`] holds once its stream has gone to [`linger`]: nothing.
+#[derive(Debug)]
+struct Detached;
+
+impl AsyncRead for Detached {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Detached {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[async_trait]
+impl Shutdown for Detached {
+    async fn shutdown(&mut self) {}
+}
+
+impl UniqueID for Detached {
+    fn id(&self) -> UniqueIDType {
+        -1
+    }
+}
+
+impl Ssl for Detached {}
+
+impl GetTimingDigest for Detached {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        Vec::new()
+    }
+}
+
+impl GetProxyDigest for Detached {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for Detached {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        None
+    }
+}
+
+#[async_trait]
+impl Peek for Detached {}
+
 impl fmt::Debug for ClientConn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientConn")
@@ -664,6 +779,28 @@ mod tests {
         let mut all = Vec::new();
         conn.read_to_end(&mut all).await.unwrap();
         assert_eq!(all, b"replayed then live");
+    }
+
+    #[tokio::test]
+    async fn a_refused_body_is_read_and_dropped_before_the_connection_closes() {
+        for linger in [true, false] {
+            let (conn, mut client) = pair(Duration::from_secs(10)).await;
+            if linger {
+                conn.linger_on_close();
+            }
+            drop(conn);
+            // The client is still sending its body after the answer went out.
+            let sent = client.write_all(&vec![b'7'; 4 << 20]).await;
+            let mut rest = Vec::new();
+            let read = client.read_to_end(&mut rest).await;
+            if linger {
+                sent.unwrap();
+                assert_eq!(read.unwrap(), 0, "a clean close, not a reset");
+            } else {
+                // What a client sees otherwise, and what lingering is for.
+                assert!(sent.is_err() || read.is_err());
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -127,6 +127,7 @@ pub async fn serve(
                 return Served::HandOver(Box::new(conn));
             }
             Examined::TooLarge => {
+                conn.linger_on_close();
                 let _ = answer(&mut conn, Refusal::new(431).closing()).await;
                 books.close(&from_client, None, 431, "none", 0, 0);
                 return Served::Done;
@@ -143,6 +144,7 @@ pub async fn serve(
             match read_to(&mut conn, &mut from_client, body_end, deadline).await {
                 Ok(()) => {}
                 Err(BodyRead::Late) => {
+                    conn.linger_on_close();
                     let _ = answer(&mut conn, Refusal::new(408).closing()).await;
                     books.close(&from_client, Some(&head), 408, "none", 0, 0);
                     return Served::Done;

@@ -291,7 +291,7 @@ impl ProxyHttp for Edge {
             Body::ReadFirst => {}
             _ if ctx.websocket.is_some() => {}
             Body::Streamed { deadline } if Instant::now() > deadline => {
-                session.set_keepalive(None);
+                refuse_unread_body(session);
                 return Err(status_error(
                     408,
                     "request body not complete within timeouts.request_body",
@@ -313,7 +313,7 @@ impl ProxyHttp for Edge {
             conn.start_proxying();
         }
         if let Err(code) = head_is_acceptable(session.req_header()) {
-            session.set_keepalive(None);
+            refuse_unread_body(session);
             return Err(status_error(code, "request refused before proxying"));
         }
         // HTTP/1.1 keep-alive idle time (HTTP/2's is the server option h2_idle_timeout); none
@@ -723,6 +723,16 @@ async fn take_client_stream(session: &mut Session) -> Result<Stream> {
     }
 }
 
+/// The answer about to go out refuses a request whose body has not been read in full: the
+/// connection closes after it, reading and dropping the rest of the body first so that the
+/// client reads the answer rather than a reset ([`ClientConn::linger_on_close`]).
+fn refuse_unread_body(session: &mut Session) {
+    session.set_keepalive(None);
+    if let Some(conn) = session.as_downstream().stream().and_then(ClientConn::of) {
+        conn.linger_on_close();
+    }
+}
+
 /// Nakama refuses bodies over 256 KiB; the edge refuses them first, with 413.
 pub(crate) const MAX_BODY_BYTES: u64 = 256 * 1024;
 
@@ -780,14 +790,14 @@ async fn read_body_first(session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let chunk = match read {
             Ok(chunk) => chunk?,
             Err(_) => {
-                session.set_keepalive(None);
+                refuse_unread_body(session);
                 return Err(too_slow());
             }
         };
         let Some(chunk) = chunk else { break };
         ctx.body_bytes += chunk.len() as u64;
         if ctx.body_bytes > MAX_BODY_BYTES {
-            session.set_keepalive(None);
+            refuse_unread_body(session);
             return Err(status_error(413, "request body over 256 KiB"));
         }
         if let Some(kept) = kept.as_mut() {
