@@ -377,6 +377,10 @@ pub struct Timeouts {
     pub websocket_idle: Duration,
     /// Time allowed to connect to a node.
     pub upstream_connect: Duration,
+    /// The longest a node may stay silent while answering a request: before its response
+    /// head (else 504, and the request is not sent again) or between two reads of its body
+    /// (else the response is cut off). WebSockets, once upgraded, have `websocket_idle`.
+    pub upstream_read: Duration,
     /// Time allowed for a whole request body to arrive (else 408); bodies are read before a
     /// node connection is taken for them.
     pub request_body: Duration,

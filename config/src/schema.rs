@@ -190,5 +190,6 @@ pub(crate) struct RawTimeouts {
     pub http_idle: S<String>,
     pub websocket_idle: S<String>,
     pub upstream_connect: S<String>,
+    pub upstream_read: S<String>,
     pub request_body: S<String>,
 }

@@ -364,6 +364,12 @@ impl Checker<'_> {
                 Duration::from_secs(2),
                 true,
             ),
+            upstream_read: self.duration(
+                &t.upstream_read,
+                "timeouts.upstream_read",
+                Duration::from_secs(60),
+                true,
+            ),
             request_body: self.duration(
                 &t.request_body,
                 "timeouts.request_body",

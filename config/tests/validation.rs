@@ -113,6 +113,8 @@ fn defaults_fill_what_is_left_out() {
     assert!(c.listeners.http_redirect);
     assert_eq!(c.certificates, CertificateSource::SelfSigned);
     assert_eq!(c.firewall.allow.len(), 2);
+    assert_eq!(c.timeouts.request_body, Duration::from_secs(30));
+    assert_eq!(c.timeouts.upstream_read, Duration::from_secs(60));
 }
 
 #[test]
@@ -172,6 +174,10 @@ fn bad_durations_are_rejected() {
     assert!(p.message.contains("longer than 0"));
     let p = one_problem("[timeouts]\nwebsocket_idle = \"10s\"\n");
     assert!(p.message.contains("30s"));
+    let p = one_problem("[timeouts]\nupstream_read = \"0s\"\n");
+    assert!(p
+        .message
+        .contains("timeouts.upstream_read must be longer than 0"));
 }
 
 #[test]

@@ -607,6 +607,9 @@ enum Attempt {
     Refused(io::Error),
     /// The node failed before answering.
     Failed(io::Error),
+    /// The node said nothing within `timeouts.upstream_read`: it may still be working on the
+    /// request, so it goes nowhere else.
+    Silent,
 }
 
 impl Exchange<'_> {
@@ -647,6 +650,10 @@ impl Exchange<'_> {
                     if self.idempotent && within_retry_budget(self.shared) {
                         continue;
                     }
+                }
+                Attempt::Silent => {
+                    tracing::debug!(node = %node.config.name, "node silent past timeouts.upstream_read");
+                    return self.refuse(conn, Refusal::new(504), last).await;
                 }
             }
             return self.refuse(conn, Refusal::new(502), last).await;
@@ -705,10 +712,17 @@ impl Exchange<'_> {
             }
         };
         from_node.clear();
-        let head = match send_and_read_head(&mut upstream, self.request, from_node).await {
-            Ok(head) => head,
-            Err(_) if reused && from_node.is_empty() => return Attempt::Stale,
-            Err(e) => return Attempt::Failed(e),
+        let silence = self.snapshot.config.timeouts.upstream_read;
+        let head = tokio::time::timeout(
+            silence,
+            send_and_read_head(&mut upstream, self.request, from_node),
+        )
+        .await;
+        let head = match head {
+            Ok(Ok(head)) => head,
+            Ok(Err(_)) if reused && from_node.is_empty() => return Attempt::Stale,
+            Ok(Err(e)) => return Attempt::Failed(e),
+            Err(_) => return Attempt::Silent,
         };
         if let Some(account) = self.login {
             if head.status == 401 {
@@ -724,7 +738,16 @@ impl Exchange<'_> {
         // The player's head: the node's, less its hop-by-hop headers.
         let mut out = node_buffer::take();
         write_response_head(&from_node[..head.len], &mut out, !keep_client);
-        let relayed = relay_body(conn, &mut upstream, from_node, head.len, framing, &mut out).await;
+        let relayed = relay_body(
+            conn,
+            &mut upstream,
+            from_node,
+            head.len,
+            framing,
+            &mut out,
+            silence,
+        )
+        .await;
         node_buffer::give_back(out);
         let (body_sent, body_end) = match relayed {
             Ok(relayed) => relayed,
@@ -923,7 +946,7 @@ pub fn write_response_head(head: &[u8], out: &mut Vec<u8>, close: bool) {
 /// Relay the body after the head (`from_node[head_len..]` holds its start) to the player,
 /// `out` (the player's head) first, in the same write when the body is already here.
 /// Returns the body bytes sent (a chunked body's framing included) and where the body ended
-/// in `from_node`.
+/// in `from_node`. A node silent for `silence` between two reads cuts the body off.
 async fn relay_body(
     conn: &mut ClientConn,
     upstream: &mut TcpStream,
@@ -931,6 +954,7 @@ async fn relay_body(
     head_len: usize,
     framing: Framing,
     out: &mut Vec<u8>,
+    silence: Duration,
 ) -> io::Result<(usize, usize)> {
     let mut chunks = ChunkScan::default();
     let mut sent = 0usize;
@@ -965,7 +989,15 @@ async fn relay_body(
         from_node.clear();
         start = 0;
         from_node.reserve(NODE_READ);
-        if upstream.read_buf(from_node).await? == 0 {
+        let read = tokio::time::timeout(silence, upstream.read_buf(from_node))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "node silent mid-body past timeouts.upstream_read",
+                )
+            })?;
+        if read? == 0 {
             if framing == Framing::Close {
                 conn.flush().await?;
                 return Ok((sent, 0));

@@ -435,6 +435,7 @@ const GRPC_STREAMS_PER_CONNECTION: usize = 128;
 fn peer(address: SocketAddr, config: &Config, h2c: bool) -> HttpPeer {
     let mut peer = HttpPeer::new(address, false, String::new());
     peer.options.connection_timeout = Some(config.timeouts.upstream_connect);
+    peer.options.read_timeout = Some(config.timeouts.upstream_read);
     peer.options.idle_timeout = Some(UPSTREAM_IDLE);
     if h2c {
         peer.options.set_http_version(2, 2);

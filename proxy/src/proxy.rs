@@ -389,6 +389,19 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
         _client_reused: bool,
     ) -> Box<Error> {
+        if *e.etype() == ErrorType::ReadTimedout && *e.esource() == ErrorSource::Upstream {
+            // The node may still be working on it: 504, and not sent to another node.
+            let mut e = Error::because(
+                ErrorType::HTTPStatus(504),
+                format!(
+                    "node {} silent past timeouts.upstream_read",
+                    ctx.node_name()
+                ),
+                e,
+            );
+            e.set_retry(false);
+            return e;
+        }
         let mut e = e.more_context(format!("node {} at {peer}", ctx.node_name()));
         // A request may be sent again only if the node failed it (not the player, who may
         // have cancelled it or gone away) before it started answering, it is idempotent, its

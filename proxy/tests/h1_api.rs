@@ -371,3 +371,41 @@ async fn a_slow_body_gets_408_and_the_connection_closes() {
         "nothing reached the node"
     );
 }
+
+#[tokio::test]
+async fn a_node_silent_past_upstream_read_gets_504_and_the_request_goes_nowhere_else() {
+    let (nodes, edge) = cluster_with(&["a", "b"], "[timeouts]\nupstream_read = \"1s\"\n").await;
+    let requests = || async {
+        let mut total = 0;
+        for node in &nodes {
+            total += node.stats().await["requests"].as_u64().unwrap();
+        }
+        total
+    };
+    let stuck = "/v2/rpc/slow?ms=600000&http_key=defaulthttpkey";
+    let before = requests().await;
+    // This path: 504 though the request is idempotent, and the connection carries on.
+    let mut conn = raw_h1(&edge, "127.0.0.1").await;
+    conn.send(format!("GET {stuck} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(conn.answer().await.status, 504);
+    assert_eq!(requests().await, before + 1, "not sent to the other node");
+    conn.send(whoami("").as_bytes()).await;
+    assert_eq!(conn.answer().await.status, 200);
+    // Pingora's path (HTTP/2): the same.
+    let h2 = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(edge.certs.ca_pem.as_bytes()).unwrap())
+        .tls_built_in_root_certs(false)
+        .resolve("localhost", edge.https)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let r = h2.get(edge.url(stuck)).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 504);
+    assert_eq!(requests().await, before + 3, "one more, and the whoami");
+    eventually("both 504s in the access log", || async {
+        edge.log().matches("status=504").count() == 2
+    })
+    .await;
+}
