@@ -58,12 +58,24 @@ fn run(tool: &str, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("{}: {e}", tool.display()))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A port nobody listens on right now and not handed out before by this test process (for
+/// every test helper, not only PostgreSQL's): the kernel may give a port just let go to a
+/// test running beside this one, or to the next listener of the same config, before whoever
+/// it was picked for has bound it.
+pub fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 impl Postgres {
