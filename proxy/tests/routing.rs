@@ -4,7 +4,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::Command;
 
 use support::*;
 
@@ -120,36 +119,24 @@ async fn a_bad_token_is_refused_by_the_node_before_the_upgrade() {
 #[tokio::test]
 async fn grpc_goes_to_the_grpc_port_over_h2() {
     let (_nodes, edge) = cluster(&["a", "b"]).await;
-    let ca = edge.dir().join("ca.pem");
-    std::fs::write(&ca, &edge.certs.ca_pem).unwrap();
     let frame = edge.dir().join("empty-grpc-frame");
     std::fs::write(&frame, [0u8; 5]).unwrap();
     let mut nodes = Vec::new();
     for _ in 0..4 {
-        let out = Command::new("curl")
-            .args(["-sS", "--http2", "--cacert"])
-            .arg(&ca)
-            .args([
-                "--resolve",
-                &format!("localhost:{}:127.0.0.1", edge.https.port()),
-            ])
-            .args([
-                "-H",
-                "content-type: application/grpc",
-                "-H",
-                "te: trailers",
-                "--data-binary",
-            ])
-            .arg(format!("@{}", frame.display()))
-            .args([
-                "-D",
-                "-",
-                "-o",
-                "-",
-                &edge.url("/nakama.api.Nakama/RpcFunc"),
-            ])
-            .output()
-            .unwrap();
+        let out = edge.curl(&[
+            "--http2",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "--data-binary",
+            &format!("@{}", frame.display()),
+            "-D",
+            "-",
+            "-o",
+            "-",
+            &edge.url("/nakama.api.Nakama/RpcFunc"),
+        ]);
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(text.starts_with("HTTP/2 200"), "{text}");
         assert!(text.contains("grpc-status: 0"), "trailers relayed: {text}");

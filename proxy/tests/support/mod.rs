@@ -526,6 +526,23 @@ impl Edge {
         self.dir.path()
     }
 
+    /// Run curl against this edge, trusting its CA and with `localhost` resolving to its https
+    /// listener; `args` follow (options, then the URL, [`Edge::url`]).
+    pub fn curl(&self, args: &[&str]) -> std::process::Output {
+        let ca = self.dir().join("ca.pem");
+        std::fs::write(&ca, &self.certs.ca_pem).unwrap();
+        Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(&ca)
+            .args([
+                "--resolve",
+                &format!("localhost:{}:127.0.0.1", self.https.port()),
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
