@@ -298,8 +298,9 @@ async fn a_rolling_reboot_of_three_nodes_under_load_fails_no_request_and_every_p
         let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let node = StandIn::start_with(name, addr, &["--ping-interval", "1"]);
         let cmd = format!(
-            "{} --name {name} --listen {addr} --grpc 127.0.0.1:0 --ping-interval 1",
-            standin_bin().display()
+            "{} --name {name} --listen {addr} --grpc {} --ping-interval 1",
+            standin_bin().display(),
+            node.grpc
         );
         std::fs::write(dir.path().join(format!("{name}.cmd")), cmd).unwrap();
         std::fs::write(dir.path().join(format!("{name}.addr")), addr.to_string()).unwrap();

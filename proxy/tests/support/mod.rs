@@ -114,8 +114,16 @@ impl StandIn {
         StandIn::start_with(name, "127.0.0.1:0".parse().unwrap(), &[])
     }
 
-    /// Start on `http` (port 0: any) with extra flags.
+    /// Start on `http` (port 0: any) with extra flags. Its ports come from [`free_port`], not
+    /// the kernel's choice at bind: a port the kernel picks may be one `free_port` has just
+    /// handed to an edge that has not bound it yet (the edge's admin API then answered by a
+    /// stand-in, seen in CI).
     pub fn start_with(name: &str, http: SocketAddr, flags: &[&str]) -> StandIn {
+        let http = match http.port() {
+            0 => SocketAddr::new(http.ip(), free_port()),
+            _ => http,
+        };
+        let grpc = format!("127.0.0.1:{}", free_port());
         let mut child = Command::new(standin_bin())
             .args([
                 "--name",
@@ -123,7 +131,7 @@ impl StandIn {
                 "--listen",
                 &http.to_string(),
                 "--grpc",
-                "127.0.0.1:0",
+                &grpc,
             ])
             .args(flags)
             .stdout(Stdio::piped())
