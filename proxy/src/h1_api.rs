@@ -734,7 +734,11 @@ impl Exchange<'_> {
         } else {
             head.framing
         };
-        let keep_client = !self.close_after && !matches!(framing, Framing::Close);
+        // A shutdown that began while the node worked closes the connection after this answer
+        // too, rather than leaving it idle until halfway through the grace period.
+        let keep_client = !self.close_after
+            && !self.shared.shutting_down.load(Ordering::Relaxed)
+            && !matches!(framing, Framing::Close);
         // The player's head: the node's, less its hop-by-hop headers.
         let mut out = node_buffer::take();
         write_response_head(&from_node[..head.len], &mut out, !keep_client);
