@@ -168,6 +168,9 @@ impl ServerApp for Entry {
         let snapshot = self.shared.snapshot();
         let timeouts = snapshot.config.timeouts.clone();
         let peer = peer_of(&l4)?;
+        // Counted from here, through the PROXY header and the TLS handshake, so that a
+        // shutting-down process (`server::ExitWhenIdle`) does not leave with one half-open.
+        let open = self.shared.metrics.connection_opened(self.listener.name());
         let mut client = canonical(peer.ip());
 
         if snapshot.firewall.is_trusted_proxy(client) {
@@ -229,7 +232,6 @@ impl ServerApp for Entry {
                 }
             }
         };
-        let open = self.shared.metrics.connection_opened(self.listener.name());
         let conn = ClientConn::new(stream, timeouts.request_header, Some(slot), Some(open))
             .counted_in(self.shared.clone());
         let h2 = matches!(conn.selected_alpn_proto(), Some(ALPN::H2));

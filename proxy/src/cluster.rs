@@ -69,6 +69,9 @@ pub struct ClusterLink {
     pub certificates_changed: Notify,
     /// The `challenges` version whose answers this edge gives.
     pub challenges_seen: AtomicI64,
+    /// Notified once, on shutdown, when this edge has taken its row out of the database (or
+    /// failed to): the process does not exit before (`server::ExitWhenIdle`).
+    pub left: Notify,
     gauges: ClusterGauges,
 }
 
@@ -88,6 +91,7 @@ impl ClusterLink {
             live: ArcSwap::from_pointee(Vec::new()),
             certificates_changed: Notify::new(),
             challenges_seen: AtomicI64::new(0),
+            left: Notify::new(),
             gauges,
         })
     }
@@ -301,5 +305,6 @@ impl BackgroundService for ClusterSync {
         if let Err(e) = self.link.db.farewell(&self.link.name).await {
             tracing::debug!(error = %e, "could not say farewell to the cluster database");
         }
+        self.link.left.notify_one();
     }
 }

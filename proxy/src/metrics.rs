@@ -548,6 +548,17 @@ impl Metrics {
         OpenConnection(gauge)
     }
 
+    /// Client connections open on the player and console listeners, in whatever state
+    /// (handshake, request, WebSocket, lingering close); the admin API's are not counted.
+    pub fn client_connections(&self) -> i64 {
+        self.open_connections
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|metric| metric.get_gauge().get_value() as i64)
+            .sum()
+    }
+
     /// A failed TLS handshake.
     pub fn tls_failure(&self, reason: TlsFailure) {
         self.tls_error.inc();

@@ -526,3 +526,23 @@ async fn postgres_stopped_under_load_fails_no_request_and_the_state_converges_wh
         assert!(report.ok > 20);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_stopped_by_sigterm_has_left_the_cluster_by_the_time_it_exits() {
+    let pg = Postgres::start();
+    let (_nodes, mut edges) = tls_cluster(&pg, 2, &["a"]).await;
+    let live = || pg.psql("SELECT string_agg(name, ',' ORDER BY name) FROM nakama_edge_edges");
+    eventually("both edges' heartbeats in the database", || {
+        let both = live() == "edge-a,edge-b";
+        async move { both }
+    })
+    .await;
+    edges[0].signal(libc::SIGTERM);
+    eventually("edge-a exits on SIGTERM", || {
+        let exited = edges[0].try_exit().is_some_and(|s| s.success());
+        async move { exited }
+    })
+    .await;
+    // Not left for the others to find out when its heartbeat expires.
+    assert_eq!(live(), "edge-b");
+}

@@ -56,6 +56,41 @@ async fn sigterm_closes_websockets_with_close_frames_spread_over_the_grace_and_e
     assert_eq!(status.code(), Some(0));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_answers_the_request_in_flight_then_exits_without_sleeping_out_the_grace_period() {
+    // A grace period far longer than the test waits: an edge that sleeps it out fails here.
+    let a = StandIn::start("a");
+    let mut edge = Edge::start(&a.toml(), "grace_period = \"600s\"\n");
+    edge.wait_healthy(&["a"]).await;
+    let client = edge.client(None);
+    let url = edge.url("/v2/rpc/slow?http_key=defaulthttpkey&ms=1500");
+    let slow = tokio::spawn(async move { client.get(url).send().await });
+    eventually("the slow request in flight", || async {
+        edge.metric("nakama_edge_http_requests_in_flight").await == 1.0
+    })
+    .await;
+    edge.signal(libc::SIGTERM);
+    let answer = slow
+        .await
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["connection"], "close");
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = edge.try_exit() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running with no connection left, {DEADLINE:?} after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(edge.log().contains("no client connection left, exiting"));
+}
+
 #[tokio::test]
 async fn readiness_is_reported_to_systemd_once_the_listeners_are_bound() {
     let a = StandIn::start("a");

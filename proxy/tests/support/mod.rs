@@ -509,8 +509,16 @@ impl Edge {
         } else {
             TEST_RATE_LIMIT
         };
+        // A test's own `grace_period = "..."` line goes in [server], instead of the 1 s here.
+        let grace = |l: &&str| l.starts_with("grace_period =");
+        let grace_period = sections
+            .lines()
+            .find(grace)
+            .unwrap_or("grace_period = \"1s\"");
+        let sections: Vec<&str> = sections.lines().filter(|l| !grace(l)).collect();
+        let sections = sections.join("\n");
         format!(
-            "[server]\nthreads = 1\ngrace_period = \"1s\"\nupgrade_socket = \"{upgrade}\"\nstate_dir = \"{state}\"\n\n[listeners]\nhttps = \"{}\"\nhttp = \"{}\"\nadmin = \"{}\"\n{console}\n\
+            "[server]\nthreads = 1\n{grace_period}\nupgrade_socket = \"{upgrade}\"\nstate_dir = \"{state}\"\n\n[listeners]\nhttps = \"{}\"\nhttp = \"{}\"\nadmin = \"{}\"\n{console}\n\
              {tls}\n{health}\n{limits}\n{log}\n{sections}\n\n{nodes}",
             self.https, self.http, self.admin,
             upgrade = self.upgrade_socket().display(),
