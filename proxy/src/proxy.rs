@@ -261,6 +261,13 @@ impl ProxyHttp for Edge {
     ) -> Result<()> {
         ctx.answered_at = Some(Instant::now());
         headers::strip_response(upstream);
+        // A shutdown that began while the node worked closes this connection after the answer
+        // (early_request_filter saw the process as it was when the request came).
+        if self.shared.shutting_down.load(Ordering::Relaxed)
+            && upstream.status != http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            session.set_keepalive(None);
+        }
         if let Some(account) = ctx.login {
             if upstream.status == http::StatusCode::UNAUTHORIZED {
                 ctx.snapshot.limits.logins.failed(account);

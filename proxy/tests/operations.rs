@@ -58,13 +58,26 @@ async fn sigterm_closes_websockets_with_close_frames_spread_over_the_grace_and_e
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_answers_the_request_in_flight_then_exits_without_sleeping_out_the_grace_period() {
+    // The edge's own HTTP/1.1 path, and pingora's (where a chunked body goes).
+    for chunked in [false, true] {
+        sigterm_with_a_request_in_flight(chunked).await;
+    }
+}
+
+async fn sigterm_with_a_request_in_flight(chunked: bool) {
     // A grace period far longer than the test waits: an edge that sleeps it out fails here.
     let a = StandIn::start("a");
     let mut edge = Edge::start(&a.toml(), "grace_period = \"600s\"\n");
     edge.wait_healthy(&["a"]).await;
     let client = edge.client(None);
     let url = edge.url("/v2/rpc/slow?http_key=defaulthttpkey&ms=1500");
-    let slow = tokio::spawn(async move { client.get(url).send().await });
+    let body = if chunked {
+        let parts = [Ok::<_, std::io::Error>(&b"{\"a\":"[..]), Ok(&b"1}"[..])];
+        reqwest::Body::wrap_stream(futures_util::stream::iter(parts))
+    } else {
+        reqwest::Body::from("{\"a\":1}")
+    };
+    let slow = tokio::spawn(async move { client.post(url).body(body).send().await });
     eventually("the slow request in flight", || async {
         edge.metric("nakama_edge_http_requests_in_flight").await == 1.0
     })
@@ -74,8 +87,12 @@ async fn sigterm_answers_the_request_in_flight_then_exits_without_sleeping_out_t
         .await
         .unwrap()
         .expect("the request in flight is answered");
-    assert_eq!(answer.status(), 200);
-    assert_eq!(answer.headers()["connection"], "close");
+    assert_eq!(answer.status(), 200, "chunked: {chunked}");
+    assert_eq!(
+        answer.headers()["connection"],
+        "close",
+        "chunked: {chunked}"
+    );
     let deadline = Instant::now() + DEADLINE;
     let status = loop {
         if let Some(status) = edge.try_exit() {
@@ -83,7 +100,7 @@ async fn sigterm_answers_the_request_in_flight_then_exits_without_sleeping_out_t
         }
         assert!(
             Instant::now() < deadline,
-            "still running with no connection left, {DEADLINE:?} after SIGTERM"
+            "still running with no connection left, {DEADLINE:?} after SIGTERM (chunked: {chunked})"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
