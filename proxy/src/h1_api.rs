@@ -1135,7 +1135,8 @@ impl Books<'_> {
         received: usize,
         sent: usize,
     ) {
-        let seconds = self.started.elapsed().as_secs_f64();
+        let elapsed = self.started.elapsed();
+        let seconds = elapsed.as_secs_f64();
         let metrics = &self.shared.metrics;
         metrics.request(status, Route::Api, node, seconds);
         metrics.bytes(Route::Api, received, sent);
@@ -1148,7 +1149,7 @@ impl Books<'_> {
                 status,
                 Route::Api.as_str(),
                 node,
-                seconds * 1000.0,
+                logging::millis(elapsed),
                 received,
                 sent,
                 self.tls,

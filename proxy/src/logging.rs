@@ -143,6 +143,12 @@ pub fn access(
     });
 }
 
+/// A duration in milliseconds for the access log, to the microsecond: `1.099708`, not the
+/// `1.0997080000000001` that `as_secs_f64() * 1000.0` prints.
+pub fn millis(d: std::time::Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
 /// A TLS version's name, for the access log.
 pub fn tls_version(digest: &pingora_core::protocols::tls::SslDigest) -> &'static str {
     match &digest.version {
@@ -536,6 +542,19 @@ mod tests {
             bytes_out: 97,
             tls: "TLSv1_3",
             alpn: "http/1.1",
+        }
+    }
+
+    #[test]
+    fn durations_are_logged_in_milliseconds_to_the_microsecond() {
+        use std::time::Duration;
+        for (d, shown) in [
+            (Duration::from_nanos(1_099_708_400), "1099.708"),
+            (Duration::from_nanos(1_099_708), "1.099"),
+            (Duration::from_nanos(1_385_050), "1.385"),
+            (Duration::from_nanos(999), "0.0"),
+        ] {
+            assert_eq!(format!("{:?}", super::millis(d)), shown, "{d:?}");
         }
     }
 

@@ -456,7 +456,7 @@ impl ProxyHttp for Edge {
                 code,
                 ctx.route.as_str(),
                 ctx.node_name(),
-                ctx.started.elapsed().as_secs_f64() * 1000.0,
+                logging::millis(ctx.started.elapsed()),
                 received,
                 sent,
                 tls,
