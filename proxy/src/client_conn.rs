@@ -567,7 +567,10 @@ impl Drop for ClientConn {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let stream = std::mem::replace(&mut self.inner, Box::new(Detached));
+        // In its place, the same stand-in pingora's session keeps once a WebSocket's stream
+        // has left it; nothing reads or writes it again.
+        let stand_in = Box::new(crate::tunnel::Replay::new(bytes::Bytes::new(), &self.inner));
+        let stream = std::mem::replace(&mut self.inner, stand_in);
         // The client's connection limit and the listener's gauge still count it meanwhile.
         let held = (self.slot.take(), self.open.take());
         runtime.spawn(linger(stream, held));
@@ -591,66 +594,6 @@ async fn linger(mut stream: Stream, held: (Option<ConnectionSlot>, Option<OpenCo
     let _ = tokio::time::timeout(LINGER, drain).await;
     drop(held);
 }
-
-/// What a dropped [`ClientConn`] holds once its stream has gone to [`linger`]: nothing.
-#[derive(Debug)]
-struct Detached;
-
-impl AsyncRead for Detached {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        _: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Detached {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
-        Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-#[async_trait]
-impl Shutdown for Detached {
-    async fn shutdown(&mut self) {}
-}
-
-impl UniqueID for Detached {
-    fn id(&self) -> UniqueIDType {
-        -1
-    }
-}
-
-impl Ssl for Detached {}
-
-impl GetTimingDigest for Detached {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        Vec::new()
-    }
-}
-
-impl GetProxyDigest for Detached {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        None
-    }
-}
-
-impl GetSocketDigest for Detached {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        None
-    }
-}
-
-#[async_trait]
-impl Peek for Detached {}
 
 impl fmt::Debug for ClientConn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
