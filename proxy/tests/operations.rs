@@ -45,15 +45,7 @@ async fn sigterm_closes_websockets_with_close_frames_spread_over_the_grace_and_e
         "first close after {first:?}"
     );
     assert!(last > first, "spread out: {closed_at:?}");
-    let deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = edge.try_exit() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "still running after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(edge.exited("SIGTERM").await.code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -93,18 +85,8 @@ async fn sigterm_with_a_request_in_flight(chunked: bool) {
         "close",
         "chunked: {chunked}"
     );
-    let deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = edge.try_exit() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running with no connection left, {DEADLINE:?} after SIGTERM (chunked: {chunked})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(status.code(), Some(0));
+    let why = format!("SIGTERM, with no connection left (chunked: {chunked})");
+    assert_eq!(edge.exited(&why).await.code(), Some(0));
     assert!(edge.log().contains("no client connection left, exiting"));
 }
 

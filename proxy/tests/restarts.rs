@@ -131,11 +131,7 @@ async fn a_drained_node_stays_drained_after_sigterm_and_a_start_whose_first_requ
     drain(&edge, "c").await;
     let ports = edge.ports();
     edge.signal(libc::SIGTERM);
-    eventually("the edge exits on SIGTERM", || {
-        let exited = edge.try_exit().is_some();
-        async move { exited }
-    })
-    .await;
+    edge.exited("SIGTERM").await;
     let dir = edge.stop();
     let edge = Edge::start_at(ports, dir, &nodes_toml(&nodes), CHECKS);
     // The first answer of the admin API already shows the drain: it is restored before

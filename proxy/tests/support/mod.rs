@@ -572,6 +572,22 @@ impl Edge {
         self.child.try_wait().unwrap()
     }
 
+    /// Wait for the process to exit, up to [`DEADLINE`] (`why` says what should have ended
+    /// it), and how it exited.
+    pub async fn exited(&mut self, why: &str) -> std::process::ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.try_exit() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running {DEADLINE:?} after {why}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.https.port())
     }
