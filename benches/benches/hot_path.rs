@@ -1,7 +1,8 @@
 //! The work the edge does per request or per connection, measured alone:
 //! picking a node (round-robin and consistent hash), reading the user id from a session
 //! token, a firewall lookup among 10,000 CIDRs, a rate-limit check, rendering /metrics, the
-//! header rules (address claims, hop-by-hop), the retry budget, measuring a request head.
+//! head rules (admission, the node's head, the player's head), the retry budget, finding where
+//! a request head ends.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -33,7 +34,6 @@ fn config(nodes: usize, extra: &str) -> Config {
 fn healthy_pool(nodes: usize) -> Pool {
     let config = config(nodes, "");
     let pool = Pool::build(
-        &config,
         &Member::configured(&config),
         &Registry::default(),
         &Drains::in_memory(),
@@ -143,10 +143,11 @@ fn metrics(c: &mut Criterion) {
     });
 }
 
-/// A browser's request head as the edge receives it.
-fn browser_request() -> pingora_http::RequestHeader {
-    let mut req =
-        pingora_http::RequestHeader::build("POST", b"/v2/rpc/whoami", None).expect("request");
+/// A browser's request head as hyper hands it to the edge.
+fn browser_request() -> http::request::Parts {
+    let mut req = http::Request::builder()
+        .method("POST")
+        .uri("/v2/rpc/whoami");
     for (k, v) in [
         ("host", "play.example.com"),
         ("connection", "keep-alive"),
@@ -162,31 +163,59 @@ fn browser_request() -> pingora_http::RequestHeader {
         ("origin", "https://game.example.com"),
         ("content-length", "42"),
     ] {
-        req.append_header(k.to_string(), v).expect("header");
+        req = req.header(k, v);
     }
-    req
+    req.body(()).expect("request").into_parts().0
 }
 
-fn headers(c: &mut Criterion) {
+/// The request path's rules on a head: whether it may go on, and the head the node gets; then
+/// the player's head from a node's answer.
+fn heads(c: &mut Criterion) {
+    use nakama_edge::headers::Keep;
+    use nakama_edge::http::head::{admit, for_node, for_player, Toward};
+    let xff = http::HeaderValue::from_static("203.0.113.7");
     let req = browser_request();
+    c.bench_function("head rules: admit a browser's request (10 headers)", |b| {
+        b.iter(|| black_box(admit(black_box(&req), false)))
+    });
     c.bench_function(
-        "headers: strip a browser's request (10 headers, Connection)",
+        "head rules: the node's head from a browser's request (10 headers, Connection)",
         |b| {
             b.iter_batched(
-                || req.clone(),
+                || browser_request(),
                 |mut r| {
-                    nakama_edge::headers::strip_request(&mut r, false);
+                    let _ = for_node(&mut r, Toward::Http1(Keep::default()), &xff, "https");
                     r
                 },
                 criterion::BatchSize::SmallInput,
             )
         },
     );
-    let mut clean = browser_request();
-    nakama_edge::headers::strip_request(&mut clean, false);
+    let answer = || {
+        http::Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .header("grpc-metadata-content-type", "application/grpc")
+            .header("vary", "Accept-Encoding")
+            .header("date", "Mon, 30 Nov 2026 12:00:00 GMT")
+            .header("content-length", "2")
+            .body(())
+            .expect("response")
+            .into_parts()
+            .0
+    };
     c.bench_function(
-        "headers: a request with nothing to strip (9 headers)",
-        |b| b.iter(|| nakama_edge::headers::strip_request(black_box(&mut clean), false)),
+        "head rules: the player's head from a node's answer (5 headers)",
+        |b| {
+            b.iter_batched(
+                answer,
+                |mut r| {
+                    let _ = for_player(&mut r, false);
+                    r
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        },
     );
 }
 
@@ -197,75 +226,25 @@ fn retry_budget(c: &mut Criterion) {
     });
 }
 
-fn head_scan(c: &mut Criterion) {
+fn head_end(c: &mut Criterion) {
     let head = b"POST /v2/rpc/whoami?http_key=defaulthttpkey HTTP/1.1\r\nHost: play.example.com\r\n\
                  Content-Type: application/json\r\nAuthorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig\r\n\
                  User-Agent: Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0\r\n\
                  Accept: application/json\r\nContent-Length: 42\r\n\r\n";
-    c.bench_function("measure a 300-byte request head as it arrives", |b| {
-        b.iter(|| {
-            let mut scan = nakama_edge::client_conn::HeadScan::default();
-            black_box(scan.advance(black_box(head)))
-        })
-    });
-}
-
-/// The edge's own HTTP/1.1 API path (`h1_api`): a player's request head read and the node's
-/// written; a node's response head read and the player's written; a chunked body's end found.
-fn h1_api(c: &mut Criterion) {
-    use nakama_edge::h1_api::{
-        examine, parse_response_head, write_response_head, Arrival, ChunkScan,
-    };
-    let request = b"POST /v2/rpc/whoami HTTP/1.1\r\nHost: play.example.com\r\n\
-                    Content-Type: application/json\r\nAuthorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig\r\n\
-                    User-Agent: Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0\r\n\
-                    Accept: application/json\r\nAccept-Encoding: gzip, deflate\r\n\
-                    Connection: keep-alive\r\nContent-Length: 2\r\n\r\n{}";
-    let arrival = Arrival {
-        listener: nakama_edge::route::Listener::Https,
-        client: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
-    };
-    let mut out = Vec::with_capacity(1024);
     c.bench_function(
-        "HTTP/1.1 API path: read a 350-byte request head, write the node's",
+        "find where a 300-byte request head ends, as it arrives",
         |b| {
             b.iter(|| {
-                out.clear();
-                black_box(examine(black_box(request), &arrival, false, &mut out))
+                let mut scan = nakama_edge::client_conn::HeadEnd::default();
+                black_box(scan.find(black_box(head)))
             })
         },
-    );
-    let response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
-                     Grpc-Metadata-Content-Type: application/grpc\r\nVary: Accept-Encoding\r\n\
-                     Date: Mon, 30 Nov 2026 12:00:00 GMT\r\nContent-Length: 2\r\n\r\n{}";
-    c.bench_function(
-        "HTTP/1.1 API path: read a node's response head, write the player's",
-        |b| {
-            b.iter(|| {
-                out.clear();
-                if let Ok(Some(head)) = parse_response_head(black_box(response)) {
-                    write_response_head(&response[..head.len], &mut out, false);
-                }
-                black_box(&out);
-            })
-        },
-    );
-    let mut chunked = Vec::new();
-    for _ in 0..4 {
-        chunked.extend_from_slice(b"800\r\n");
-        chunked.extend_from_slice(&[b'x'; 2048]);
-        chunked.extend_from_slice(b"\r\n");
-    }
-    chunked.extend_from_slice(b"0\r\n\r\n");
-    c.bench_function(
-        "HTTP/1.1 API path: find the end of an 8 KiB chunked body",
-        |b| b.iter(|| black_box(ChunkScan::default().advance(black_box(&chunked)))),
     );
 }
 
 criterion_group! {
     name = hot_path;
     config = Criterion::default().warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
-    targets = pick, tokens, verify, firewall, rate_limit, metrics, headers, retry_budget, head_scan, h1_api
+    targets = pick, tokens, verify, firewall, rate_limit, metrics, heads, retry_budget, head_end
 }
 criterion_main!(hot_path);

@@ -1,5 +1,5 @@
 //! The one accept path of the player (and console) listeners: firewall, PROXY protocol,
-//! connection limits, TLS with the edge's own rustls config, then pingora's HTTP proxy.
+//! connection limits, TLS with the edge's own rustls config, then the HTTP layer.
 //!
 //! ```text
 //!   TCP accept (pingora listener, plain TCP)
@@ -10,10 +10,8 @@
 //!           ├─ limits: new connections per second, concurrent connections per client
 //!           ├─ TLS: player_tls (rustls), handshake timeout ── failed: closed, counted
 //!           │     └─ ALPN acme-tls/1: a TLS-ALPN-01 validation, closed after the handshake
-//!           ├─ ClientConn: request-header and WebSocket-idle deadlines, the connection slot
-//!           ├─► h1_api: HTTP/1.1 API requests (https, and http when it does not redirect)
-//!           └─► HttpProxy<Edge>: h2 (ALPN), the console, and whatever h1_api hands over
-//!               (WebSocket upgrades, redirects, ACME, unusual requests)
+//!           ├─ ClientConn: head, idle and WebSocket deadlines, the connection slot
+//!           └─► http::serve: HTTP/1.1 or HTTP/2 (ALPN), framed by hyper
 //! ```
 //!
 //! The https listener is a plain TCP listener on purpose: pingora's stock TLS listener cannot
@@ -29,18 +27,15 @@ use pingora_core::apps::ServerApp;
 use pingora_core::listeners::ConnectionFilter;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::{GetSocketDigest, SocketDigest, Ssl, Stream, ALPN};
+use pingora_core::protocols::{GetSocketDigest, SocketDigest, Stream};
 use pingora_core::server::ShutdownWatch;
-use pingora_proxy::HttpProxy;
 use tokio::sync::watch;
 
-use crate::client_conn::ClientConn;
+use crate::client_conn::{ClientConn, Deadlines, Transport};
 use crate::firewall::{canonical, Firewall};
-use crate::h1_api::{self, Arrival, Served};
 use crate::limits::{client_key, Limited};
 use crate::metrics::{RejectReason, TlsFailure};
 use crate::player_tls;
-use crate::proxy::Edge;
 use crate::proxy_protocol::{read_header, Origin};
 use crate::route::Listener;
 use crate::state::Shared;
@@ -99,25 +94,24 @@ pub struct Entry {
     shared: Arc<Shared>,
     listener: Listener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    http: Arc<HttpProxy<Edge>>,
-    /// Turns true when idle keep-alive connections of [`h1_api`] are to close.
+    http: crate::http::Server,
+    /// Turns true when idle and partial connections are to close.
     closing: watch::Sender<bool>,
 }
 
 impl Entry {
     /// A handler for `listener` that terminates TLS with `tls` (or speaks plain HTTP without
-    /// it) and hands the connection to `http`.
+    /// it) and serves HTTP on the connection.
     pub fn new(
         shared: Arc<Shared>,
         listener: Listener,
         tls: Option<Arc<rustls::ServerConfig>>,
-        http: HttpProxy<Edge>,
     ) -> Self {
         Entry {
             shared,
             listener,
             tls,
-            http: Arc::new(http),
+            http: crate::http::Server::default(),
             closing: watch::Sender::new(false),
         }
     }
@@ -160,7 +154,7 @@ impl ServerApp for Entry {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
-        shutdown: &ShutdownWatch,
+        _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         crate::allocator::tend_this_thread();
         // The listeners are plain TCP, so every stream they hand over is an L4 stream.
@@ -197,8 +191,8 @@ impl ServerApp for Entry {
         };
         drop(snapshot);
 
-        let stream: Stream = match &self.tls {
-            None => Box::new(l4),
+        let transport = match &self.tls {
+            None => Transport::Tcp(l4),
             Some(config) => {
                 match tokio::time::timeout(timeouts.tls_handshake, player_tls::accept(config, l4))
                     .await
@@ -207,11 +201,11 @@ impl ServerApp for Entry {
                         self.shared.metrics.tls_handshake(true);
                         // acme-tls/1 is the only protocol offered besides HTTP: a TLS-ALPN-01
                         // validation, over once the handshake has shown the certificate.
-                        if matches!(tls.selected_alpn_proto(), Some(ALPN::Custom(_))) {
+                        if tls.alpn() == Some(nakama_edge_certs::ACME_TLS_ALPN) {
                             tracing::info!(%peer, "TLS-ALPN-01 validation handshake answered");
                             return None;
                         }
-                        Box::new(tls)
+                        Transport::Tls(tls)
                     }
                     Ok(Err(e)) if went_away(&e) => {
                         // A TCP probe or a client that gave up: no TLS failure to count.
@@ -232,37 +226,37 @@ impl ServerApp for Entry {
                 }
             }
         };
-        let conn = ClientConn::new(stream, timeouts.request_header, Some(slot), Some(open))
-            .counted_in(self.shared.clone());
-        let h2 = matches!(conn.selected_alpn_proto(), Some(ALPN::H2));
-        let conn = if h2 || self.listener == Listener::Console {
-            Box::new(conn)
-        } else {
-            let origin = Arrival {
-                listener: self.listener,
-                client,
-            };
-            let mut closing = self.closing.subscribe();
-            match h1_api::serve(&self.shared, &origin, conn, &mut closing).await {
-                Served::Done => return None,
-                Served::HandOver(conn) => conn,
-            }
-        };
-        self.http.process_new(conn, shutdown).await
+        let h2 = transport.is_h2();
+        let conn = ClientConn::new(
+            transport,
+            h2,
+            Deadlines::of(&timeouts),
+            Some(slot),
+            Some(open),
+        );
+        crate::http::serve(
+            &self.http,
+            self.shared.clone(),
+            self.listener,
+            client,
+            conn,
+            self.closing.subscribe(),
+        )
+        .await;
+        None
     }
 
     /// The listener has stopped accepting (shutdown, or an upgrade's hand-over). Connections in
     /// use finish their request with `Connection: close`; keep-alive connections that sit idle
-    /// are closed halfway through the grace period (with the WebSockets' close frames), not
-    /// at once: a client may be sending its next request on one right now, and is answered.
+    /// or hold part of a head are closed halfway through the grace period (with the
+    /// WebSockets' close frames), and HTTP/2 connections get GOAWAY then; not at once: a
+    /// client may be sending its next request on one right now, and is answered.
     async fn cleanup(&self) {
         let grace = self.shared.snapshot().config.server.grace_period;
-        let http = self.http.clone();
         let closing = self.closing.clone();
         tokio::spawn(async move {
             tokio::time::sleep(grace / 2).await;
             closing.send_replace(true);
-            pingora_core::apps::HttpServerApp::http_cleanup(&*http).await;
         });
     }
 }

@@ -1,53 +1,130 @@
-//! A player's connection as the edge holds it: the stream pingora reads and writes, wrapped
-//! with the deadlines pingora does not enforce, and the per-IP connection slot it occupies.
+//! A player's connection as the edge holds it: the stream (TLS or TCP) hyper reads and
+//! writes, with the deadlines hyper does not keep, the per-IP connection slot it occupies, and
+//! a WebSocket's close frame.
 //!
 //! ```text
-//!   phase            deadline on reads                         set by
-//!   AwaitingHeader   request_header after the request began    accept; end of each request
-//!   Proxying         none (pingora's own read timeout)         early_request_filter
-//!   WebSocket        websocket_idle after the last client byte the node's 101 (proxy.rs)
+//!   phase            deadline on reads                                   entered by
+//!   AwaitingHeader   nothing yet: http_idle after the last answer         accept; each answer's end
+//!                    (a new connection: request_header after accept)
+//!                    a head begun: request_header after its first byte
+//!                    pipelined bytes: request_header after the last answer
+//!   Proxying         none (the request path times the body and the node)  the request path
+//!   WebSocket        websocket_idle after the last client byte            the upgrade
 //! ```
 //!
-//! Pingora times out each *read*; a slowloris that sends one byte a second never trips that.
-//! Here the whole request head has a deadline, and an upgraded WebSocket an idle deadline of
-//! its own, separate from HTTP's keep-alive. HTTP/2 connections start in `Proxying`: their
-//! idle limit is pingora's `h2_idle_timeout`.
+//! hyper parses every byte; its own header timer would also cut idle keep-alive connections,
+//! so the edge keeps `request_header` and `http_idle` apart here. To tell an idle connection
+//! from one holding the start of a pipelined request in hyper's buffer, this wrapper counts
+//! the bytes it hands hyper and notes where each request head ends ([`HeadEnd`], which agrees
+//! with hyper's parser on where a head ends; it is fuzzed against it): a request's message ends
+//! at its head plus its body length, and bytes read past that end were pipelined. A client
+//! whose bytes cannot be placed so (a chunked body, pipelining) is timed as pipelining from
+//! then on: its next head has `request_header` from the end of each answer.
 //!
-//! An HTTP/1.x request head is also measured here as it arrives ([`HeadScan`]): a request line
-//! over [`MAX_HEAD_BYTES`] is answered 414, a head over it 431, by this connection itself,
-//! before pingora has buffered or parsed any of it (pingora would answer its own parse limits
-//! with 400). The rest of what the client sends is read and dropped for a moment
-//! ([`LINGER`]), so that it reads the answer instead of a reset.
-//!
-//! The same goes for a request refused before its body was read (413 for a body over 256 KiB,
-//! 408 for one too slow, 400 for one of unknown length): the request path marks the
-//! connection with [`ClientConn::linger_on_close`], and when it is dropped its stream is
-//! handed to a task that closes its side, then reads and drops what the client still sends
-//! ([`LINGER`], [`LINGER_BYTES`]). Closing a socket with unread bytes sends a reset, and a
-//! client still writing its body then reports the reset, not the answer it was sent.
+//! A request refused before its body was read (413, 408, 400) marks the connection
+//! ([`ConnState::linger_on_close`]); when hyper drops it, its stream goes to a task that closes
+//! its side, then reads and drops what the client still sends ([`LINGER`], [`LINGER_BYTES`]).
+//! Closing a socket with unread bytes sends a reset, and a client still writing its body then
+//! reports the reset, not the answer it was sent.
 
 use std::fmt;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora_core::protocols::raw_connect::ProxyDigest;
-use pingora_core::protocols::tls::{SslDigest, TlsRef};
-use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
-    TimingDigest, UniqueID, UniqueIDType, ALPN,
-};
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::limits::ConnectionSlot;
 use crate::metrics::OpenConnection;
-use crate::state::Shared;
+use crate::player_tls::PlayerTls;
 use crate::ws_close::{close_frame, Closer, Frames};
+
+/// What a player's bytes travel over.
+#[derive(Debug)]
+pub enum Transport {
+    /// Plain TCP (the http listener, or a TLS-ending load balancer in front).
+    Tcp(L4Stream),
+    /// TLS ended here.
+    Tls(PlayerTls),
+    /// Handed to a lingering close: nothing more to read or write here.
+    Closed,
+}
+
+impl Transport {
+    /// The TLS version's name, or `"none"`.
+    pub fn tls_version(&self) -> &'static str {
+        match self {
+            Transport::Tls(tls) => tls.version(),
+            _ => "none",
+        }
+    }
+
+    /// Whether the client chose HTTP/2 (ALPN `h2`).
+    pub fn is_h2(&self) -> bool {
+        matches!(self, Transport::Tls(tls) if tls.alpn() == Some(b"h2"))
+    }
+}
+
+macro_rules! each {
+    ($self:expr, $s:ident => $e:expr, $closed:expr) => {
+        match $self.get_mut() {
+            Transport::Tcp($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Transport::Tls($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Transport::Closed => $closed,
+        }
+    };
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each!(self, s => s.poll_read(cx, buf), Poll::Ready(Ok(())))
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each!(self, s => s.poll_write(cx, buf), Poll::Ready(Err(io::ErrorKind::NotConnected.into())))
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        each!(self, s => s.poll_write_vectored(cx, bufs), Poll::Ready(Err(io::ErrorKind::NotConnected.into())))
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Tcp(s) => s.is_write_vectored(),
+            Transport::Tls(s) => s.is_write_vectored(),
+            Transport::Closed => false,
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => s.poll_flush(cx), Poll::Ready(Ok(())))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, s => s.poll_shutdown(cx), Poll::Ready(Ok(())))
+    }
+}
 
 /// What the connection is doing, as far as its deadlines are concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +132,7 @@ use crate::ws_close::{close_frame, Closer, Frames};
 pub enum Phase {
     /// Waiting for (the rest of) a request head.
     AwaitingHeader = 0,
-    /// A request is being proxied.
+    /// A request is being proxied (and every HTTP/2 connection).
     Proxying = 1,
     /// An upgraded WebSocket.
     WebSocket = 2,
@@ -71,119 +148,256 @@ impl Phase {
     }
 }
 
-/// Nakama refuses request heads over 5 KiB; the edge refuses them first: 431 for a head, 414
-/// for a request line (method, target, version) that alone is over it.
-pub const MAX_HEAD_BYTES: usize = 5 * 1024;
-
-/// At most this many header lines (pingora parses 256 and would answer more with 400; Nakama's
-/// own clients send about ten).
-pub const MAX_HEADER_LINES: u32 = 200;
-
-/// After refusing a head, how long the rest of the client's bytes are read and dropped before
-/// the connection closes.
+/// After a refused request, how long the rest of the client's bytes are read and dropped
+/// before the connection closes.
 pub const LINGER: Duration = Duration::from_secs(2);
 
 /// At most this much of a refused request's body is read and dropped before its connection
 /// closes anyway (a client that sends more is reset).
 pub const LINGER_BYTES: usize = 16 << 20;
 
-/// Where an HTTP/1.x request head is, byte by byte, and whether it is still within limits.
-/// Lines end in LF, with or without CR (RFC 9112 §2.2); empty lines before the request line
-/// are skipped; the first empty line after it ends the head.
+/// "Not known" in the stream offsets below.
+const UNKNOWN: u64 = u64::MAX;
+
+/// Where a request head ends: after the first empty line that follows a non-empty one. Lines
+/// end in LF, with or without CR (RFC 9112 §2.2), and empty lines before the request line are
+/// skipped, as hyper's parser (httparse) skips them. Only the deadlines use it; hyper parses
+/// the head, and refuses what is not one.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct HeadScan {
-    /// Bytes of the head so far.
-    len: usize,
-    /// Lines finished so far (the request line is the first).
-    lines: u32,
-    /// Bytes in the current line, CRs aside.
-    line_len: usize,
-    /// The whole head is in: what follows is a body.
-    complete: bool,
+pub struct HeadEnd {
+    state: Scan,
 }
 
-impl HeadScan {
-    /// Account for `bytes` read from the client. `Err(status)`: the head is over the limits.
-    pub fn advance(&mut self, mut bytes: &[u8]) -> Result<(), u16> {
-        while !self.complete && !bytes.is_empty() {
-            // Up to and including the next line end, or all of it.
-            let (segment, ends_line) = match memchr::memchr(b'\n', bytes) {
-                Some(i) => (&bytes[..i], true),
-                None => (bytes, false),
-            };
-            let consumed = segment.len() + usize::from(ends_line);
-            // CRs do not make a line non-empty (a line may end in CRLF or LF).
-            self.line_len += segment.iter().filter(|&&b| b != b'\r').count();
-            self.len += consumed;
-            bytes = &bytes[consumed..];
-            if self.len > MAX_HEAD_BYTES {
-                // Still in the request line (an empty line before it is no request line).
-                let in_request_line = self.lines == 0 && self.line_len > 0;
-                return Err(if in_request_line { 414 } else { 431 });
-            }
-            if ends_line {
-                match (self.line_len, self.lines) {
-                    (0, 0) => {} // an empty line before the request line
-                    (0, _) => self.complete = true,
-                    _ => {
-                        self.lines += 1;
-                        self.line_len = 0;
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// Before the request line: CRs and LFs are skipped.
+    #[default]
+    Start,
+    /// Within a line.
+    Line,
+    /// Right after a line's LF.
+    Lf,
+    /// After a line's LF and a CR.
+    LfCr,
+    /// The head has ended.
+    Done,
+}
+
+impl HeadEnd {
+    /// Go over the next `bytes` of the stream: `Some(n)` when the head ends after the first `n`
+    /// of them. Once it has, nothing more is looked at.
+    pub fn find(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        while i < bytes.len() {
+            match self.state {
+                Scan::Start => match bytes[i] {
+                    b'\r' | b'\n' => i += 1,
+                    _ => self.state = Scan::Line,
+                },
+                Scan::Line => match memchr::memchr(b'\n', &bytes[i..]) {
+                    Some(at) => {
+                        i += at + 1;
+                        self.state = Scan::Lf;
                     }
+                    None => return None,
+                },
+                Scan::Lf | Scan::LfCr => {
+                    match (self.state, bytes[i]) {
+                        (_, b'\n') => {
+                            self.state = Scan::Done;
+                            return Some(i + 1);
+                        }
+                        (Scan::Lf, b'\r') => self.state = Scan::LfCr,
+                        _ => self.state = Scan::Line,
+                    }
+                    i += 1;
                 }
-            }
-            if self.lines > MAX_HEADER_LINES {
-                return Err(431);
+                Scan::Done => return None,
             }
         }
-        Ok(())
+        None
     }
 }
 
-/// A refused request head: the answer being written, then the client's bytes dropped.
+/// What the request path and the connection share: the phase and the stream offsets that
+/// tell an idle connection from a pipelining one, the lingering close, the WebSocket closer,
+/// and (HTTP/2) the streams in flight.
 #[derive(Debug)]
-enum Refusal {
-    Writing { answer: &'static [u8], done: usize },
-    Lingering,
+pub struct ConnState {
+    phase: AtomicU8,
+    /// Bumped at every phase change, so that the connection sees each one.
+    turn: AtomicU32,
+    /// The next head is timed from the end of the last answer.
+    pipelined: AtomicBool,
+    linger: AtomicBool,
+    /// Bytes handed to hyper so far (HTTP/1.x).
+    read: AtomicU64,
+    /// Where the current request head ends in the stream.
+    head_end: AtomicU64,
+    /// Where the current request (head and body) ends in the stream.
+    message_end: AtomicU64,
+    /// The deadlines, in milliseconds: a head, an idle keep-alive connection, a WebSocket.
+    request_header_ms: AtomicU64,
+    http_idle_ms: AtomicU64,
+    websocket_idle_ms: AtomicU64,
+    /// HTTP/2 streams being answered, and when the last one ended ([`crate::pool`]'s clock).
+    streams: AtomicU32,
+    quiet_since_ms: AtomicU64,
+    closer: Arc<Closer>,
+    /// When the current phase began, in milliseconds after `base`.
+    since_ms: AtomicU64,
+    base: Instant,
 }
 
-fn refusal_answer(status: u16) -> &'static [u8] {
-    match status {
-        414 => b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-        _ => b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+/// The deadlines of a connection, from the config of the moment.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// A request head, from its first byte.
+    pub request_header: Duration,
+    /// An idle keep-alive connection (and an HTTP/2 connection with no stream).
+    pub http_idle: Duration,
+    /// A WebSocket with no byte from the client.
+    pub websocket_idle: Duration,
+}
+
+impl Deadlines {
+    /// The deadlines of `timeouts`.
+    pub fn of(timeouts: &nakama_edge_config::Timeouts) -> Deadlines {
+        Deadlines {
+            request_header: timeouts.request_header,
+            http_idle: timeouts.http_idle,
+            websocket_idle: timeouts.websocket_idle,
+        }
     }
 }
 
-/// A player's connection. Built by the accept path; reached from the request path with
-/// [`ClientConn::of`].
-pub struct ClientConn {
-    inner: Stream,
-    phase: AtomicU8,
-    /// The limit of the current phase, in milliseconds (request header or WebSocket idle).
-    limit_ms: AtomicU64,
-    seen_phase: Phase,
-    /// When the current request head began, or the last client byte of a WebSocket.
-    since: Option<Instant>,
-    timer: Pin<Box<Sleep>>,
-    timer_at: Option<Instant>,
-    /// Held until the connection closes, lingering included.
-    slot: Option<ConnectionSlot>,
-    open: Option<OpenConnection>,
-    /// Set by [`ClientConn::linger_on_close`].
-    linger: AtomicBool,
-    /// Server-to-client frame boundaries, once upgraded.
-    frames: Frames,
-    closer: Arc<Closer>,
-    close: Close,
-    /// The HTTP/1.x head being read; `None` for HTTP/2.
-    head: Option<HeadScan>,
-    refusal: Option<Refusal>,
-    /// Where refused heads are counted.
-    shared: Option<Arc<Shared>>,
-    /// Bytes read again before the stream's: a request whose body the edge read first.
-    replayed: Option<bytes::Bytes>,
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Progress of a requested close frame.
+impl ConnState {
+    fn new(phase: Phase, deadlines: Deadlines) -> ConnState {
+        let state = ConnState {
+            phase: AtomicU8::new(phase as u8),
+            turn: AtomicU32::new(0),
+            // A new connection's first head has request_header from the accept.
+            pipelined: AtomicBool::new(true),
+            linger: AtomicBool::new(false),
+            read: AtomicU64::new(0),
+            head_end: AtomicU64::new(UNKNOWN),
+            message_end: AtomicU64::new(UNKNOWN),
+            request_header_ms: AtomicU64::new(0),
+            http_idle_ms: AtomicU64::new(0),
+            websocket_idle_ms: AtomicU64::new(0),
+            streams: AtomicU32::new(0),
+            quiet_since_ms: AtomicU64::new(crate::pool::now_millis()),
+            closer: Arc::default(),
+            since_ms: AtomicU64::new(0),
+            base: Instant::now(),
+        };
+        state.set_deadlines(deadlines);
+        state
+    }
+
+    fn set_deadlines(&self, d: Deadlines) {
+        self.request_header_ms
+            .store(millis(d.request_header), Ordering::Relaxed);
+        self.http_idle_ms
+            .store(millis(d.http_idle), Ordering::Relaxed);
+        self.websocket_idle_ms
+            .store(millis(d.websocket_idle), Ordering::Relaxed);
+    }
+
+    fn enter(&self, phase: Phase) {
+        let since = Instant::now().saturating_duration_since(self.base);
+        self.since_ms.store(millis(since), Ordering::Relaxed);
+        self.phase.store(phase as u8, Ordering::Relaxed);
+        self.turn.fetch_add(1, Ordering::Release);
+    }
+
+    /// When the current phase began.
+    fn since(&self) -> Instant {
+        self.base + Duration::from_millis(self.since_ms.load(Ordering::Relaxed))
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Relaxed))
+    }
+
+    /// An HTTP/1.x request head is in, and its body is `body` bytes long (`None`: chunked):
+    /// no deadline while it is proxied.
+    pub fn start_request(&self, body: Option<u64>) {
+        let head_end = self.head_end.load(Ordering::Relaxed);
+        let end = match body {
+            Some(n) if head_end != UNKNOWN => head_end.saturating_add(n),
+            _ => UNKNOWN,
+        };
+        self.message_end.store(end, Ordering::Relaxed);
+        self.enter(Phase::Proxying);
+    }
+
+    /// The answer is out: the next head is awaited with `deadlines` (the config of the moment).
+    /// Bytes read past this request's end were pipelined; so were any the stream could not
+    /// place.
+    pub fn request_done(&self, deadlines: Deadlines) {
+        let end = self.message_end.load(Ordering::Relaxed);
+        let pipelined = end == UNKNOWN || self.read.load(Ordering::Relaxed) != end;
+        self.pipelined.store(pipelined, Ordering::Relaxed);
+        self.head_end.store(UNKNOWN, Ordering::Relaxed);
+        self.set_deadlines(deadlines);
+        self.enter(Phase::AwaitingHeader);
+    }
+
+    /// Upgraded: closed after `websocket_idle` without a byte from the client.
+    pub fn enter_websocket(&self, websocket_idle: Duration) {
+        self.websocket_idle_ms
+            .store(millis(websocket_idle), Ordering::Relaxed);
+        self.enter(Phase::WebSocket);
+    }
+
+    /// The answer going out refuses a request whose body the client may still be sending:
+    /// when the connection is dropped, read and drop what the client sends before closing
+    /// (module doc).
+    pub fn linger_on_close(&self) {
+        self.linger.store(true, Ordering::Relaxed);
+    }
+
+    /// The handle that asks this connection's WebSocket to close.
+    pub fn closer(&self) -> &Arc<Closer> {
+        &self.closer
+    }
+
+    /// An HTTP/2 stream is being answered.
+    pub fn stream_opened(&self) {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An HTTP/2 stream's answer has ended.
+    pub fn stream_closed(&self) {
+        self.quiet_since_ms
+            .store(crate::pool::now_millis(), Ordering::Relaxed);
+        self.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// HTTP/2: `None` while a stream is answered; else how long no stream has been.
+    pub fn quiet_for(&self) -> Option<Duration> {
+        if self.streams.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let since = self.quiet_since_ms.load(Ordering::Relaxed);
+        Some(Duration::from_millis(
+            crate::pool::now_millis().saturating_sub(since),
+        ))
+    }
+
+    /// How long an HTTP/2 connection may go without a stream.
+    pub fn http_idle(&self) -> Duration {
+        Duration::from_millis(self.http_idle_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// A refused request's stream, being drained before it closes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Close {
     /// None requested, or waiting for a frame boundary.
@@ -194,126 +408,151 @@ enum Close {
     Sent,
 }
 
+/// A player's connection. Built by the accept path; the request path reaches its shared
+/// state through [`ClientConn::state`].
+pub struct ClientConn {
+    inner: Transport,
+    state: Arc<ConnState>,
+    seen_turn: u32,
+    seen_phase: Phase,
+    /// When the current phase's clock started: the last answer's end, the first byte of a
+    /// head, or a WebSocket's last client byte.
+    since: Instant,
+    /// A head has begun (or pipelined bytes wait): `request_header` from `since`.
+    head_begun: bool,
+    timer: Pin<Box<Sleep>>,
+    timer_at: Option<Instant>,
+    /// Where the head being read ends (HTTP/1.x); `None` for HTTP/2.
+    head: Option<HeadEnd>,
+    /// Held until the connection closes, lingering included.
+    slot: Option<ConnectionSlot>,
+    open: Option<OpenConnection>,
+    /// Server-to-client frame boundaries, once upgraded.
+    frames: Frames,
+    close: Close,
+}
+
 impl ClientConn {
     /// Wrap `inner`, holding `slot` (the client's connection limit) and `open` (the listener's
-    /// gauge) until it closes. The first request head must arrive within `request_header`
-    /// (HTTP/1.x); an HTTP/2 connection has no head deadline here.
+    /// gauge) until it closes. `h2`: an HTTP/2 connection, which has no head deadlines here.
     pub fn new(
-        inner: Stream,
-        request_header: Duration,
+        inner: Transport,
+        h2: bool,
+        deadlines: Deadlines,
         slot: Option<ConnectionSlot>,
         open: Option<OpenConnection>,
     ) -> ClientConn {
-        let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
-        let (phase, since) = if h2 {
-            (Phase::Proxying, None)
+        let phase = if h2 {
+            Phase::Proxying
         } else {
-            (Phase::AwaitingHeader, Some(Instant::now()))
+            Phase::AwaitingHeader
         };
+        let now = Instant::now();
         ClientConn {
             inner,
-            phase: AtomicU8::new(phase as u8),
-            limit_ms: AtomicU64::new(request_header.as_millis() as u64),
+            state: Arc::new(ConnState::new(phase, deadlines)),
+            seen_turn: 0,
             seen_phase: phase,
-            since,
-            timer: Box::pin(tokio::time::sleep_until(
-                Instant::now() + Duration::from_secs(86400),
-            )),
+            since: now,
+            head_begun: true,
+            timer: Box::pin(tokio::time::sleep_until(now + Duration::from_secs(86400))),
             timer_at: None,
+            head: (!h2).then(HeadEnd::default),
             slot,
             open,
-            linger: AtomicBool::new(false),
-            frames: Frames::default(),
-            closer: Arc::default(),
+            frames: Frames::frames_only(),
             close: Close::Open,
-            head: (!h2).then(HeadScan::default),
-            refusal: None,
-            shared: None,
-            replayed: None,
         }
     }
 
-    /// Have the next reads return `bytes` before anything more from the client: a request
-    /// (head and body) the edge has already read, handed to a new HTTP session.
-    pub fn replay(&mut self, bytes: bytes::Bytes) {
-        self.replayed = Some(bytes);
+    /// What the request path shares with this connection.
+    pub fn state(&self) -> &Arc<ConnState> {
+        &self.state
     }
 
-    /// Count refused heads (414, 431) in `shared`'s metrics.
-    pub fn counted_in(mut self, shared: Arc<Shared>) -> ClientConn {
-        self.shared = Some(shared);
-        self
+    /// What the connection travels over.
+    pub fn transport(&self) -> &Transport {
+        &self.inner
     }
 
-    /// The connection under a pingora stream, if the accept path made it.
-    pub fn of(stream: &Stream) -> Option<&ClientConn> {
-        stream.as_any().downcast_ref::<ClientConn>()
-    }
-
-    fn enter(&self, phase: Phase, limit: Duration) {
-        self.limit_ms
-            .store(limit.as_millis() as u64, Ordering::Relaxed);
-        self.phase.store(phase as u8, Ordering::Release);
-    }
-
-    /// The request head is in: no head deadline while it is proxied.
-    pub fn start_proxying(&self) {
-        self.enter(Phase::Proxying, Duration::ZERO);
-    }
-
-    /// The request is over; the next head must arrive within `request_header` of its first byte.
-    pub fn await_next_request(&self, request_header: Duration) {
-        self.enter(Phase::AwaitingHeader, request_header);
-    }
-
-    /// Upgraded: closed after `idle` without a byte from the client.
-    pub fn enter_websocket(&self, idle: Duration) {
-        self.enter(Phase::WebSocket, idle);
-    }
-
-    /// The answer going out refuses a request whose body the client may still be sending:
-    /// when this connection is dropped, read and drop what the client sends before closing
-    /// (module doc).
-    pub fn linger_on_close(&self) {
-        self.linger.store(true, Ordering::Relaxed);
-    }
-
-    /// The current phase.
-    pub fn phase(&self) -> Phase {
-        Phase::from_u8(self.phase.load(Ordering::Acquire))
-    }
-
-    /// `Err` when the current deadline has passed; otherwise arms the timer for it.
+    /// Catch up with phase changes made by the request path.
     fn sync_phase(&mut self) -> Phase {
-        let phase = self.phase();
-        if phase != self.seen_phase {
-            self.seen_phase = phase;
-            // A new head is timed from its first byte; a new WebSocket from its upgrade.
-            self.since = (phase == Phase::WebSocket).then(Instant::now);
-            if phase == Phase::AwaitingHeader {
+        let turn = self.state.turn.load(Ordering::Acquire);
+        if turn == self.seen_turn {
+            return self.seen_phase;
+        }
+        self.seen_turn = turn;
+        let phase = self.state.phase();
+        self.seen_phase = phase;
+        // Timed from the phase change itself: hyper may read again only later.
+        self.since = self.state.since();
+        match phase {
+            Phase::AwaitingHeader => {
+                self.head_begun = self.state.pipelined.load(Ordering::Relaxed);
                 if let Some(head) = self.head.as_mut() {
-                    *head = HeadScan::default();
+                    *head = HeadEnd::default();
                 }
             }
-            if phase == Phase::WebSocket {
-                self.frames = Frames::default();
-            }
+            Phase::WebSocket => self.frames = Frames::frames_only(),
+            Phase::Proxying => {}
         }
         phase
     }
 
-    /// The handle that asks this connection's WebSocket to close.
-    pub fn closer(&self) -> &Arc<Closer> {
-        &self.closer
+    fn limit(&self, phase: Phase) -> Option<Duration> {
+        let ms = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let state = &self.state;
+        let limit = match phase {
+            // HTTP/1.x: no deadline, but a look as often as the next phase's shortest
+            // deadline (`check_deadline`).
+            Phase::Proxying if self.head.is_some() => {
+                ms(&state.request_header_ms).min(ms(&state.http_idle_ms))
+            }
+            Phase::Proxying => return None,
+            Phase::WebSocket => ms(&state.websocket_idle_ms),
+            Phase::AwaitingHeader if self.head_begun => ms(&state.request_header_ms),
+            Phase::AwaitingHeader => ms(&state.http_idle_ms),
+        };
+        Some(Duration::from_millis(limit))
+    }
+
+    /// `Err` when the current deadline has passed; otherwise arms the timer for it.
+    ///
+    /// While an HTTP/1.x request is proxied the timer is armed too, with no deadline behind
+    /// it: hyper reads during a request (to notice a client leaving) and may not read again
+    /// once the answer is out, so a timer must wake it to begin the idle or head deadline.
+    fn check_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let phase = self.sync_phase();
+        let Some(limit) = self.limit(phase) else {
+            return Ok(());
+        };
+        loop {
+            let deadline = self.since + limit;
+            if self.timer_at != Some(deadline) {
+                self.timer.as_mut().reset(deadline);
+                self.timer_at = Some(deadline);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Ok(());
+            }
+            if phase != Phase::Proxying {
+                break;
+            }
+            // Still proxying: look again later.
+            self.since = Instant::now();
+        }
+        let what = match phase {
+            Phase::WebSocket => "WebSocket idle timeout",
+            _ if self.head_begun => "request header timeout",
+            _ => "idle keep-alive timeout",
+        };
+        Err(io::Error::new(io::ErrorKind::TimedOut, what))
     }
 
     /// Drive a requested close frame: `Ready(true)` once it is out.
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        if self.seen_phase != Phase::WebSocket {
-            return Poll::Ready(Ok(false));
-        }
         if self.close == Close::Open {
-            match self.closer.requested() {
+            match self.state.closer.requested() {
                 Some(code) if self.frames.at_boundary() => {
                     self.close = Close::Writing {
                         frame: close_frame(code),
@@ -338,76 +577,30 @@ impl ClientConn {
         Poll::Ready(Ok(true))
     }
 
-    fn check_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        let phase = self.sync_phase();
-        let limit = Duration::from_millis(self.limit_ms.load(Ordering::Relaxed));
-        let deadline = match (phase, self.since) {
-            (Phase::Proxying, _) | (_, None) => return Ok(()),
-            (_, Some(since)) => since + limit,
+    /// Account for `bytes` handed to hyper: the stream offset, and where the head ends.
+    fn account(&mut self, phase: Phase, bytes: &[u8]) {
+        let Some(head) = self.head.as_mut() else {
+            return;
         };
-        if self.timer_at != Some(deadline) {
-            self.timer.as_mut().reset(deadline);
-            self.timer_at = Some(deadline);
+        let read = self.state.read.load(Ordering::Relaxed);
+        if phase == Phase::AwaitingHeader {
+            if !self.head_begun {
+                self.head_begun = true;
+                self.since = Instant::now();
+            }
+            if let Some(end) = head.find(bytes) {
+                self.state
+                    .head_end
+                    .store(read + end as u64, Ordering::Relaxed);
+            }
         }
-        if self.timer.as_mut().poll(cx).is_ready() {
-            let what = match phase {
-                Phase::WebSocket => "WebSocket idle timeout",
-                _ => "request header timeout",
-            };
-            return Err(io::Error::new(io::ErrorKind::TimedOut, what));
-        }
-        Ok(())
+        self.state
+            .read
+            .store(read + bytes.len() as u64, Ordering::Relaxed);
     }
 }
 
 use std::future::Future as _;
-
-impl ClientConn {
-    /// Answer a refused head, then read and drop what the client still sends until it stops,
-    /// [`LINGER`] passes or a megabyte is dropped; then the read fails and the connection ends.
-    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let refused = || io::Error::new(io::ErrorKind::InvalidData, "request head over the limits");
-        loop {
-            match self.refusal {
-                Some(Refusal::Writing { answer, done }) if done < answer.len() => {
-                    let n = std::task::ready!(
-                        Pin::new(&mut self.inner).poll_write(cx, &answer[done..])
-                    )?;
-                    self.refusal = Some(Refusal::Writing {
-                        answer,
-                        done: done + n,
-                    });
-                }
-                Some(Refusal::Writing { .. }) => {
-                    std::task::ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
-                    self.refusal = Some(Refusal::Lingering);
-                    self.since = Some(Instant::now());
-                    self.timer.as_mut().reset(Instant::now() + LINGER);
-                    self.timer_at = None;
-                }
-                Some(Refusal::Lingering) => {
-                    let mut dropped = 0usize;
-                    let mut scratch = [0u8; 4096];
-                    while dropped < 1 << 20 {
-                        if self.timer.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Err(refused()));
-                        }
-                        let mut buf = ReadBuf::new(&mut scratch);
-                        match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
-                            Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
-                                dropped += buf.filled().len()
-                            }
-                            Poll::Pending => return Poll::Pending,
-                            _ => return Poll::Ready(Err(refused())),
-                        }
-                    }
-                    return Poll::Ready(Err(refused()));
-                }
-                None => return Poll::Ready(Ok(())),
-            }
-        }
-    }
-}
 
 impl AsyncRead for ClientConn {
     fn poll_read(
@@ -415,22 +608,12 @@ impl AsyncRead for ClientConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.refusal.is_some() {
-            return self.poll_refusal(cx);
-        }
-        if let Some(replayed) = self.replayed.as_mut() {
-            let n = replayed.len().min(buf.remaining());
-            buf.put_slice(&replayed.split_to(n));
-            if replayed.is_empty() {
-                self.replayed = None;
-            }
-            return Poll::Ready(Ok(()));
-        }
         if let Err(e) = self.check_deadline(cx) {
             return Poll::Ready(Err(e));
         }
-        if self.seen_phase == Phase::WebSocket {
-            self.closer.register(cx.waker());
+        let phase = self.seen_phase;
+        if phase == Phase::WebSocket {
+            self.state.closer.register(cx.waker());
             // Once the close frame is out, the client's side has ended.
             if std::task::ready!(self.poll_close(cx))? {
                 return Poll::Ready(Ok(()));
@@ -439,34 +622,12 @@ impl AsyncRead for ClientConn {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {
-            if buf.filled().len() > before {
-                match self.seen_phase {
-                    Phase::AwaitingHeader if self.since.is_none() => {
-                        self.since = Some(Instant::now())
-                    }
-                    Phase::WebSocket => self.since = Some(Instant::now()),
-                    _ => {}
-                }
-                if self.seen_phase == Phase::AwaitingHeader {
-                    let this = &mut *self;
-                    if let Some(Err(status)) = this
-                        .head
-                        .as_mut()
-                        .map(|h| h.advance(&buf.filled()[before..]))
-                    {
-                        // Pingora sees nothing of this head: the answer is ours.
-                        buf.set_filled(before);
-                        if let Some(shared) = &this.shared {
-                            shared
-                                .metrics
-                                .request(status, crate::route::Route::Api, "none", 0.0);
-                        }
-                        this.refusal = Some(Refusal::Writing {
-                            answer: refusal_answer(status),
-                            done: 0,
-                        });
-                        return this.poll_refusal(cx);
-                    }
+            let this = &mut *self;
+            let read = &buf.filled()[before..];
+            if !read.is_empty() {
+                match phase {
+                    Phase::WebSocket => this.since = Instant::now(),
+                    _ => this.account(phase, read),
                 }
             }
         }
@@ -489,11 +650,26 @@ impl AsyncWrite for ClientConn {
         }
         let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
         self.frames.advance(&buf[..n]);
-        if self.closer.requested().is_some() && self.frames.at_boundary() {
+        if self.state.closer.requested().is_some() && self.frames.at_boundary() {
             // Wake the reader: it writes the close frame and ends the client's side.
-            self.closer.wake();
+            self.state.closer.wake();
         }
         Poll::Ready(Ok(n))
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.sync_phase() == Phase::WebSocket {
+            // Frame boundaries are tracked one buffer at a time.
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
+            return self.poll_write(cx, first);
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -503,74 +679,15 @@ impl AsyncWrite for ClientConn {
     }
 }
 
-#[async_trait]
-impl Shutdown for ClientConn {
-    async fn shutdown(&mut self) {
-        self.inner.shutdown().await
-    }
-}
-
-impl UniqueID for ClientConn {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
-    }
-}
-
-impl Ssl for ClientConn {
-    fn get_ssl(&self) -> Option<&TlsRef> {
-        self.inner.get_ssl()
-    }
-    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
-        self.inner.get_ssl_digest()
-    }
-    fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
-    }
-}
-
-impl GetTimingDigest for ClientConn {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-    fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_read_pending_time()
-    }
-    fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for ClientConn {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-}
-
-impl GetSocketDigest for ClientConn {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-}
-
-#[async_trait]
-impl Peek for ClientConn {
-    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
-    }
-}
-
 impl Drop for ClientConn {
     fn drop(&mut self) {
-        if !*self.linger.get_mut() {
+        if !self.state.linger.load(Ordering::Relaxed) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        // In its place, the same stand-in pingora's session keeps once a WebSocket's stream
-        // has left it; nothing reads or writes it again.
-        let stand_in = Box::new(crate::tunnel::Replay::new(bytes::Bytes::new(), &self.inner));
-        let stream = std::mem::replace(&mut self.inner, stand_in);
+        let stream = std::mem::replace(&mut self.inner, Transport::Closed);
         // The client's connection limit and the listener's gauge still count it meanwhile.
         let held = (self.slot.take(), self.open.take());
         runtime.spawn(linger(stream, held));
@@ -579,9 +696,9 @@ impl Drop for ClientConn {
 
 /// Close `stream`'s side (TLS close_notify, then FIN), then read and drop what the client
 /// sends until it closes, [`LINGER`] passes or [`LINGER_BYTES`] are dropped.
-async fn linger(mut stream: Stream, held: (Option<ConnectionSlot>, Option<OpenConnection>)) {
+async fn linger(mut stream: Transport, held: (Option<ConnectionSlot>, Option<OpenConnection>)) {
     let drain = async {
-        Shutdown::shutdown(&mut *stream).await;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
         let mut scratch = [0u8; 4096];
         let mut dropped = 0;
         while dropped < LINGER_BYTES {
@@ -598,7 +715,7 @@ async fn linger(mut stream: Stream, held: (Option<ConnectionSlot>, Option<OpenCo
 impl fmt::Debug for ClientConn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientConn")
-            .field("phase", &self.phase())
+            .field("phase", &self.state.phase())
             .finish_non_exhaustive()
     }
 }
@@ -606,130 +723,129 @@ impl fmt::Debug for ClientConn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pingora_core::protocols::l4::stream::Stream as L4Stream;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    fn deadlines(request_header: u64, http_idle: u64) -> Deadlines {
+        Deadlines {
+            request_header: Duration::from_secs(request_header),
+            http_idle: Duration::from_secs(http_idle),
+            websocket_idle: Duration::from_secs(120),
+        }
+    }
+
     /// A connected pair: the edge's side wrapped in a `ClientConn`, and the client's socket.
-    async fn pair(request_header: Duration) -> (ClientConn, tokio::net::TcpStream) {
+    async fn pair(d: Deadlines) -> (ClientConn, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let stream: Stream = Box::new(L4Stream::from(server));
-        (ClientConn::new(stream, request_header, None, None), client)
+        let stream = Transport::Tcp(L4Stream::from(server));
+        (ClientConn::new(stream, false, d, None, None), client)
+    }
+
+    fn end_of(bytes: &[u8]) -> Option<usize> {
+        HeadEnd::default().find(bytes)
     }
 
     #[test]
-    fn head_scan_limits_the_request_line_then_the_head() {
-        let mut h = HeadScan::default();
+    fn heads_end_at_their_first_empty_line() {
+        assert_eq!(end_of(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"), Some(27));
+        assert_eq!(end_of(b"GET / HTTP/1.1\nHost: a\n\n"), Some(24));
         assert_eq!(
-            h.advance(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\nbody after the head"),
-            Ok(())
+            end_of(b"GET / HTTP/1.1\r\nHost: a\n\r\nGET"),
+            Some(26),
+            "LF CR LF"
         );
-        assert!(h.complete);
-        let mut lf = HeadScan::default();
-        assert_eq!(lf.advance(b"\r\nGET /x HTTP/1.1\nHost: a\n\n"), Ok(()));
-        assert!(
-            lf.complete,
-            "bare LFs, and an empty line before the request line"
-        );
-        // Whatever follows the head is a body, not counted.
-        assert_eq!(h.advance(&[b'x'; 100_000]), Ok(()));
-
-        let mut long_target = HeadScan::default();
-        let line = format!("GET /{} HTTP/1.1\r\n", "a".repeat(MAX_HEAD_BYTES));
-        assert_eq!(long_target.advance(line.as_bytes()), Err(414));
-
-        let mut big_head = HeadScan::default();
-        let head = format!(
-            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
-            "b".repeat(MAX_HEAD_BYTES)
-        );
-        assert_eq!(big_head.advance(head.as_bytes()), Err(431));
-
-        // Byte by byte, exactly at the limit: fine; one more: refused.
-        let mut edge = HeadScan::default();
-        let fits = format!(
-            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
-            "c".repeat(MAX_HEAD_BYTES - 23)
-        );
-        assert_eq!(fits.len(), MAX_HEAD_BYTES);
-        for b in fits.as_bytes() {
-            assert_eq!(edge.advance(&[*b]), Ok(()));
-        }
-        assert!(edge.complete);
-        let mut over = HeadScan::default();
-        let too_big = format!(
-            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
-            "c".repeat(MAX_HEAD_BYTES - 22)
-        );
-        assert_eq!(over.advance(too_big.as_bytes()), Err(431));
-
-        let mut many = HeadScan::default();
-        let mut head = String::from("GET / HTTP/1.1\r\n");
-        for i in 0..MAX_HEADER_LINES {
-            head.push_str(&format!("h{i}:1\r\n"));
-        }
         assert_eq!(
-            many.advance(head.as_bytes()),
-            Err(431),
-            "the request line and 200 headers"
+            end_of(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"),
+            Some(22),
+            "leading empty lines"
         );
-    }
-
-    #[test]
-    fn head_scan_gives_the_same_answer_however_the_reads_split() {
-        // Heads of random lines (some empty, some CRLF, some long), in random reads.
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
-        for _ in 0..2_000 {
-            let mut head = Vec::new();
-            for _ in 0..next(40) {
-                let len = [0, 1, 10, 300, 3000][next(5) as usize];
-                head.extend(std::iter::repeat_n(b'a', len));
-                head.extend_from_slice(if next(2) == 0 { b"\r\n" } else { b"\n" });
-            }
-            let mut whole = HeadScan::default();
-            let expected = (whole.advance(&head), whole);
-            let mut split = HeadScan::default();
-            let mut got = Ok(());
-            let mut rest = &head[..];
-            while !rest.is_empty() && got.is_ok() {
-                let n = (1 + next(700) as usize).min(rest.len());
-                got = split.advance(&rest[..n]);
-                rest = &rest[n..];
-            }
-            assert_eq!(got, expected.0);
-            if got.is_ok() {
-                assert_eq!(split, expected.1);
-            }
+        assert_eq!(end_of(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(end_of(b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n"), Some(26));
+        // Split anywhere, the end is found at the same place.
+        let head = b"\r\nPOST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi";
+        for split in 0..head.len() {
+            let mut scan = HeadEnd::default();
+            let end = match scan.find(&head[..split]) {
+                Some(end) => end,
+                None => split + scan.find(&head[split..]).unwrap(),
+            };
+            assert_eq!(end, head.len() - 2, "split at {split}");
         }
     }
 
     #[tokio::test]
-    async fn replayed_bytes_come_before_the_clients() {
-        let (mut conn, mut client) = pair(Duration::from_secs(10)).await;
-        conn.start_proxying();
-        conn.replay(bytes::Bytes::from_static(b"replayed "));
-        client.write_all(b"then live").await.unwrap();
-        drop(client);
-        let mut all = Vec::new();
-        conn.read_to_end(&mut all).await.unwrap();
-        assert_eq!(all, b"replayed then live");
+    async fn a_request_with_its_body_leaves_nothing_pipelined_and_more_bytes_do() {
+        for (sent, pipelined) in [
+            (
+                &b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"[..],
+                false,
+            ),
+            (
+                b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhiG",
+                true,
+            ),
+        ] {
+            let (mut conn, mut client) = pair(deadlines(10, 60)).await;
+            client.write_all(sent).await.unwrap();
+            let mut got = vec![0u8; sent.len()];
+            conn.read_exact(&mut got).await.unwrap();
+            let state = conn.state().clone();
+            state.start_request(Some(2));
+            state.request_done(deadlines(10, 60));
+            assert_eq!(state.pipelined.load(Ordering::Relaxed), pipelined);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_has_http_idle_and_a_begun_head_request_header() {
+        let (mut conn, mut client) = pair(deadlines(10, 60)).await;
+        let state = conn.state().clone();
+        let mut buf = [0u8; 64];
+        // The first request, then its answer: the connection idles.
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let n = conn.read(&mut buf).await.unwrap();
+        assert_eq!(n, 18);
+        state.start_request(Some(0));
+        state.request_done(deadlines(10, 60));
+        // 50 s of silence is within http_idle...
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        client.write_all(b"G").await.unwrap();
+        assert_eq!(conn.read(&mut buf).await.unwrap(), 1);
+        // ...and the head begun then has request_header.
+        let begun = Instant::now();
+        let err = conn.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let waited = begun.elapsed();
+        assert!(
+            waited >= Duration::from_secs(9) && waited <= Duration::from_secs(11),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pipelined_bytes_have_request_header_from_the_answer() {
+        let (mut conn, mut client) = pair(deadlines(10, 60)).await;
+        let state = conn.state().clone();
+        let mut buf = [0u8; 64];
+        client.write_all(b"GET / HTTP/1.1\r\n\r\nG").await.unwrap();
+        assert_eq!(conn.read(&mut buf).await.unwrap(), 19);
+        state.start_request(Some(0));
+        state.request_done(deadlines(10, 60));
+        let answered = Instant::now();
+        let err = conn.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(answered.elapsed() <= Duration::from_secs(11));
     }
 
     #[tokio::test]
     async fn a_refused_body_is_read_and_dropped_before_the_connection_closes() {
         for linger in [true, false] {
-            let (conn, mut client) = pair(Duration::from_secs(10)).await;
+            let (conn, mut client) = pair(deadlines(10, 60)).await;
             if linger {
-                conn.linger_on_close();
+                conn.state().linger_on_close();
             }
             drop(conn);
             // The client is still sending its body after the answer went out.
@@ -748,8 +864,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_websocket_is_closed_after_its_own_timeout_only() {
-        let (mut conn, mut client) = pair(Duration::from_secs(10)).await;
-        conn.enter_websocket(Duration::from_secs(120));
+        let (mut conn, mut client) = pair(deadlines(10, 60)).await;
+        conn.state().enter_websocket(Duration::from_secs(120));
         let mut buf = [0u8; 16];
         // Traffic at 100 s keeps it open past the first 120 s...
         tokio::time::sleep(Duration::from_secs(100)).await;
@@ -768,7 +884,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_head_has_a_deadline_from_its_first_byte() {
-        let (mut conn, mut client) = pair(Duration::from_secs(10)).await;
+        let (mut conn, mut client) = pair(deadlines(10, 60)).await;
         let mut buf = [0u8; 16];
         // Bytes keep coming, one a second, but the head is never finished.
         let started = Instant::now();
@@ -784,17 +900,10 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() <= Duration::from_secs(11));
 
-        // Proxying has no such deadline; the next head is timed from its first byte.
-        conn.start_proxying();
+        // Proxying has no such deadline.
+        conn.state().start_request(None);
         tokio::time::sleep(Duration::from_secs(30)).await;
         client.write_all(b"b").await.unwrap();
         assert!(conn.read(&mut buf).await.is_ok());
-        conn.await_next_request(Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        client.write_all(b"c").await.unwrap();
-        assert!(
-            conn.read(&mut buf).await.is_ok(),
-            "idle time before a head is not the head's"
-        );
     }
 }

@@ -674,7 +674,7 @@ mod tests {
         let registry = Registry::default();
         let drains = Drains::in_memory();
         d.apply(entry, &addrs(&["127.0.0.11:7350", "127.0.0.12:7350"]));
-        let pool = Pool::build(&config, &d.members(&config), &registry, &drains);
+        let pool = Pool::build(&d.members(&config), &registry, &drains);
         for n in &pool.nodes {
             n.runtime.record_check(true, 1, 1);
         }
@@ -682,7 +682,7 @@ mod tests {
         let websocket = busy.open_websocket();
 
         d.apply(entry, &addrs(&["127.0.0.11:7350"]));
-        let pool = Pool::build(&config, &d.members(&config), &registry, &drains);
+        let pool = Pool::build(&d.members(&config), &registry, &drains);
         let node = pool.by_name("k8s-127.0.0.12:7350").unwrap();
         assert!(
             Arc::ptr_eq(&node.runtime, &busy),
@@ -704,7 +704,7 @@ mod tests {
             "the open WebSocket still sees its node draining, so it is closed"
         );
         drop(websocket);
-        let pool = Pool::build(&config, &d.members(&config), &registry, &drains);
+        let pool = Pool::build(&d.members(&config), &registry, &drains);
         assert!(pool.by_name("k8s-127.0.0.12:7350").is_none());
         assert_eq!(pool.nodes.len(), 2);
     }
@@ -759,7 +759,7 @@ mod tests {
         let registry = Registry::default();
         let drains = Drains::in_memory();
         let pool_of = |d: &Discovered| {
-            let pool = Pool::build(&config, &d.members(&config), &registry, &drains);
+            let pool = Pool::build(&d.members(&config), &registry, &drains);
             for n in &pool.nodes {
                 n.runtime.record_check(true, 1, 1);
             }

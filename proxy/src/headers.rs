@@ -1,9 +1,9 @@
 //! The headers that cross the edge, and the two rules that stop some of them.
 //!
 //! ```text
-//!   player ──► request head ──► strip_request: address claims, hop-by-hop ──► node
+//!   player ──► request head ──► to_node: address claims, hop-by-hop, framing ──► node
 //!                                 + X-Forwarded-For (the address the edge saw), X-Forwarded-Proto
-//!   player ◄── response head ◄── strip_response: hop-by-hop (Upgrade kept on a 101) ◄── node
+//!   player ◄── response head ◄── to_player: hop-by-hop (Upgrade kept on a 101), framing ◄── node
 //! ```
 //!
 //! * **Address claims** ([`claims_address`]): every header a player could use to claim a client
@@ -12,13 +12,24 @@
 //!   `X-Forwarded-For`. The edge writes `X-Forwarded-For` itself.
 //! * **Hop-by-hop** ([`is_hop_by_hop`], RFC 9110 §7.6.1): `Connection` and every header it
 //!   names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`. They describe one
-//!   connection, not the message. (`Transfer-Encoding` is framing, which pingora rewrites for
-//!   each side itself.) gRPC's `TE: trailers` is the one exception, kept for h2 nodes.
+//!   connection, not the message. gRPC's `TE: trailers` is kept for h2 nodes, and a
+//!   WebSocket upgrade's `Upgrade`.
+//! * **Framing** (`Content-Length`, `Transfer-Encoding`): each side's is written by hyper from
+//!   the body the edge actually sends, never copied from the other side, so that a message
+//!   can only ever be framed one way. `Host` and the framing headers are never removed
+//!   because `Connection` names them.
 //!
-//! Both run on every request, so they allocate nothing when there is nothing to remove.
+//! Both run on every request, and remove in one pass what must go.
 
-use http::header::{HeaderMap, HeaderName, CONNECTION, TE};
-use pingora_http::{RequestHeader, ResponseHeader};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TE,
+    TRANSFER_ENCODING, UPGRADE,
+};
+
+/// `X-Forwarded-For`: the client's address, as the edge saw it.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`: `https` or `http`, the listener the request came to.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Headers that carry a client address, dashed and lowercase (`_` spellings match too).
 pub const ADDRESS_CLAIMS: [&str; 22] = [
@@ -79,30 +90,19 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
-/// Whether a request header named `name` goes to the node as the player sent it: not an
-/// address claim, not hop-by-hop by itself, not `X-Forwarded-Proto` (the edge writes both
-/// forwarded headers itself, [`write_forwarded`]). Headers that `Connection` names are the
-/// caller's to drop.
-pub fn crosses_edge(name: &str) -> bool {
-    !(claims_address(name) || is_hop_by_hop(name) || name.eq_ignore_ascii_case("x-forwarded-proto"))
+/// What a request to a node keeps of the connection-level headers a player sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Keep {
+    /// gRPC's `TE: trailers`, for an h2 node.
+    pub te_trailers: bool,
+    /// A WebSocket upgrade's `Upgrade` (and the edge writes `Connection: upgrade`).
+    pub upgrade: bool,
 }
 
-/// Append the edge's `X-Forwarded-For` (the client's address) and `X-Forwarded-Proto` header
-/// lines, and the empty line that ends a head, to an HTTP/1.1 head in `out`.
-pub fn write_forwarded(out: &mut Vec<u8>, client: Option<std::net::IpAddr>, proto: &str) {
-    use std::io::Write as _;
-    if let Some(ip) = client {
-        // Writing into a Vec cannot fail.
-        let _ = write!(out, "x-forwarded-for: {ip}\r\n");
-    }
-    out.extend_from_slice(b"x-forwarded-proto: ");
-    out.extend_from_slice(proto.as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
-}
-
-/// Whether the `Connection` headers of `headers` name `name`.
-fn named_by_connection(headers: &HeaderMap, name: &str) -> bool {
-    named_by(&headers.get_all(CONNECTION), name)
+/// Headers the edge frames or writes itself: never taken from a player (nor removed by a
+/// `Connection` option, for `Host`).
+fn is_framing(name: &HeaderName) -> bool {
+    name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == HOST
 }
 
 /// Whether `connection` (the values of `Connection`) names `name`.
@@ -114,95 +114,138 @@ fn named_by(connection: &http::header::GetAll<'_, http::HeaderValue>, name: &str
     })
 }
 
-/// What a request to a node carries from the player: no address claims and no hop-by-hop
-/// headers (`keep_te_trailers`: gRPC's `TE: trailers` stays, for an h2 node).
-pub fn strip_request(req: &mut RequestHeader, keep_te_trailers: bool) {
-    let doomed = |headers: &HeaderMap, name: &str| {
-        if claims_address(name) {
+/// Whether `headers`' `Connection` names any header besides the hop-by-hop ones removed
+/// anyway (`keep-alive`, `upgrade`) and `close`: then each header is looked up in it.
+fn connection_names_others(headers: &HeaderMap) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.as_bytes().split(|&b| b == b',').any(|token| {
+            let token = token.trim_ascii();
+            !(token.is_empty()
+                || token.eq_ignore_ascii_case(b"keep-alive")
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"upgrade"))
+        })
+    })
+}
+
+/// Headers removed per pass; a message with more to remove takes more passes.
+const PER_PASS: usize = 16;
+
+/// Remove every header of `headers` (but `Connection` itself) that `doomed` says must go, in
+/// as few passes as it takes: one, with nothing or little to remove.
+fn remove_doomed(headers: &mut HeaderMap, doomed: impl Fn(&HeaderMap, &HeaderName) -> bool) {
+    loop {
+        let mut names: [Option<HeaderName>; PER_PASS] = Default::default();
+        let mut n = 0;
+        for name in headers.keys() {
+            if name != CONNECTION && doomed(headers, name) {
+                names[n] = Some(name.clone());
+                n += 1;
+                if n == PER_PASS {
+                    break;
+                }
+            }
+        }
+        for name in names.iter().flatten() {
+            headers.remove(name);
+        }
+        if n < PER_PASS {
+            return;
+        }
+    }
+}
+
+/// Make a player's request headers the node's: without address claims, hop-by-hop headers
+/// (`Connection` and what it names; `keep` says which the node still gets), `Expect` (the body
+/// is read already), the framing headers (the edge frames the body it read itself) and a
+/// client's `X-Forwarded-Proto`; then the edge's own `X-Forwarded-For` and
+/// `X-Forwarded-Proto`. `Host` stays, whatever `Connection` names.
+pub fn to_node(
+    headers: &mut HeaderMap,
+    keep: Keep,
+    forwarded_for: &HeaderValue,
+    proto: &'static str,
+) {
+    let has_connection = headers.contains_key(CONNECTION);
+    let names_others = has_connection && connection_names_others(headers);
+    let doomed = |headers: &HeaderMap, name: &HeaderName| {
+        let s = name.as_str();
+        if name == HOST {
+            return false;
+        }
+        if is_framing(name) || name == EXPECT || claims_address(s) || s == "x-forwarded-proto" {
             return true;
         }
-        if keep_te_trailers && name == TE.as_str() {
+        if name == TE && keep.te_trailers {
             return !headers
                 .get_all(TE)
                 .iter()
                 .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         }
-        is_hop_by_hop(name) || named_by_connection(headers, name)
+        if name == UPGRADE && keep.upgrade {
+            return false;
+        }
+        is_hop_by_hop(s) || (names_others && named_by(&headers.get_all(CONNECTION), s))
     };
-    if nothing_else_doomed(&req.headers, keep_te_trailers) {
-        // The usual request: at most a Connection header to drop, in one lookup.
-        req.remove_header(&CONNECTION);
-        return;
+    remove_doomed(headers, doomed);
+    if keep.upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else if has_connection {
+        headers.remove(CONNECTION);
     }
-    while let Some(name) = other_than_connection(&req.headers, doomed) {
-        req.remove_header(&name);
-    }
-    req.remove_header(&CONNECTION);
+    headers.insert(X_FORWARDED_FOR, forwarded_for.clone());
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
 }
 
-/// Whether no header but `Connection` must leave a request: one pass, no removal, the
-/// `Connection` values looked up once.
-fn nothing_else_doomed(headers: &HeaderMap, keep_te_trailers: bool) -> bool {
-    let connection = headers.get_all(CONNECTION);
-    let has_connection = connection.iter().next().is_some();
-    headers.keys().all(|name| {
-        let name = name.as_str();
-        name == CONNECTION.as_str()
-            || !(claims_address(name)
-                || (is_hop_by_hop(name) && !(keep_te_trailers && name == TE.as_str()))
-                || (keep_te_trailers
-                    && name == TE.as_str()
-                    && !headers
-                        .get_all(TE)
-                        .iter()
-                        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers")))
-                || (has_connection && named_by(&connection, name)))
-    })
-}
-
-/// What a player gets of a node's response head: no hop-by-hop headers, but a 101's
-/// `Upgrade` and `Connection`.
-pub fn strip_response(resp: &mut ResponseHeader) {
-    let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
-    let doomed = |headers: &HeaderMap, name: &str| {
-        !(upgrade && name == "upgrade")
-            && (is_hop_by_hop(name) || named_by_connection(headers, name))
+/// Make a node's response headers the player's: without hop-by-hop headers (a 101 keeps its
+/// `Upgrade` and `Connection`) and `Transfer-Encoding` (the edge frames the body as it relays
+/// it). `Content-Length` stays: hyper checked it against the body it reads; it goes for the
+/// statuses that have no body (204, 304).
+pub fn to_player(headers: &mut HeaderMap, status: http::StatusCode) {
+    let upgrade = status == http::StatusCode::SWITCHING_PROTOCOLS;
+    let bodiless =
+        status == http::StatusCode::NO_CONTENT || status == http::StatusCode::NOT_MODIFIED;
+    let has_connection = headers.contains_key(CONNECTION);
+    let names_others = has_connection && connection_names_others(headers);
+    let doomed = |headers: &HeaderMap, name: &HeaderName| {
+        if name == TRANSFER_ENCODING || (bodiless && name == CONTENT_LENGTH) {
+            return true;
+        }
+        if is_framing(name) || (upgrade && name == UPGRADE) {
+            return false;
+        }
+        is_hop_by_hop(name.as_str())
+            || (names_others && named_by(&headers.get_all(CONNECTION), name.as_str()))
     };
-    while let Some(name) = other_than_connection(&resp.headers, doomed) {
-        resp.remove_header(&name);
+    remove_doomed(headers, doomed);
+    if !upgrade && has_connection {
+        headers.remove(CONNECTION);
     }
-    if !upgrade {
-        resp.remove_header(&CONNECTION);
-    }
-}
-
-/// The first header but `Connection` that `doomed` says must go.
-fn other_than_connection(
-    headers: &HeaderMap,
-    doomed: impl Fn(&HeaderMap, &str) -> bool,
-) -> Option<HeaderName> {
-    headers
-        .keys()
-        .find(|name| **name != CONNECTION && doomed(headers, name.as_str()))
-        .cloned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn request(headers: &[(&str, &str)]) -> RequestHeader {
-        let mut req = RequestHeader::build("GET", b"/v2/rpc/x", None).unwrap();
+    fn map(headers: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
         for (k, v) in headers {
-            req.append_header(k.to_string(), *v).unwrap();
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
-        req
+        map
     }
 
     fn names(headers: &HeaderMap) -> Vec<String> {
         let mut v: Vec<String> = headers.keys().map(|k| k.as_str().to_string()).collect();
         v.sort();
         v
+    }
+
+    fn xff() -> HeaderValue {
+        HeaderValue::from_static("127.0.0.2")
     }
 
     #[test]
@@ -228,11 +271,13 @@ mod tests {
     }
 
     #[test]
-    fn requests_lose_claims_and_hop_by_hop_headers_only() {
-        let mut req = request(&[
+    fn requests_lose_claims_hop_by_hop_and_framing_and_get_the_edges_forwarded_headers() {
+        let mut h = map(&[
             ("host", "play.example.com"),
             ("authorization", "Bearer t"),
             ("x_forwarded_for", "203.0.113.7"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "http"),
             ("client-ip", "203.0.113.7"),
             ("connection", "keep-alive, X-Secret"),
             ("x-secret", "1"),
@@ -241,45 +286,101 @@ mod tests {
             ("te", "gzip"),
             ("trailer", "x-sum"),
             ("upgrade", "h2c"),
+            ("expect", "100-continue"),
+            ("content-length", "2"),
             ("content-type", "application/json"),
         ]);
-        strip_request(&mut req, false);
+        to_node(&mut h, Keep::default(), &xff(), "https");
         assert_eq!(
-            names(&req.headers),
-            ["authorization", "content-type", "host"]
+            names(&h),
+            [
+                "authorization",
+                "content-type",
+                "host",
+                "x-forwarded-for",
+                "x-forwarded-proto"
+            ]
         );
+        assert_eq!(h["x-forwarded-for"], "127.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "https");
     }
 
     #[test]
-    fn grpc_keeps_te_trailers_only() {
-        let mut req = request(&[("te", "trailers"), ("content-type", "application/grpc")]);
-        strip_request(&mut req, true);
-        assert_eq!(names(&req.headers), ["content-type", "te"]);
-        let mut req = request(&[("te", "gzip")]);
-        strip_request(&mut req, true);
-        assert!(req.headers.is_empty());
+    fn connection_cannot_remove_host_and_framing_is_the_edges() {
+        let mut h = map(&[
+            ("host", "a"),
+            ("connection", "host, content-length, transfer-encoding"),
+            ("content-length", "69"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        to_node(&mut h, Keep::default(), &xff(), "http");
+        assert_eq!(names(&h), ["host", "x-forwarded-for", "x-forwarded-proto"]);
     }
 
     #[test]
-    fn responses_lose_hop_by_hop_headers_but_a_101_keeps_its_upgrade() {
-        let mut resp = ResponseHeader::build(200, None).unwrap();
-        for (k, v) in [
+    fn grpc_keeps_te_trailers_and_websockets_their_upgrade() {
+        let mut h = map(&[("te", "trailers"), ("content-type", "application/grpc")]);
+        let grpc = Keep {
+            te_trailers: true,
+            upgrade: false,
+        };
+        to_node(&mut h, grpc, &xff(), "https");
+        assert!(h.contains_key("te"));
+        let mut h = map(&[("te", "gzip")]);
+        to_node(&mut h, grpc, &xff(), "https");
+        assert!(!h.contains_key("te"));
+
+        let mut h = map(&[
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade, x-hop"),
+            ("x-hop", "1"),
+            ("sec-websocket-key", "k"),
+        ]);
+        let ws = Keep {
+            te_trailers: false,
+            upgrade: true,
+        };
+        to_node(&mut h, ws, &xff(), "https");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert!(!h.contains_key("x-hop"));
+    }
+
+    #[test]
+    fn however_many_headers_must_go_all_go() {
+        let many: Vec<String> = (0..40).map(|i| format!("x-{i}")).collect();
+        let mut pairs: Vec<(&str, &str)> = many.iter().map(|n| (n.as_str(), "1")).collect();
+        let joined = many.join(",");
+        pairs.push(("connection", &joined));
+        pairs.push(("host", "a"));
+        let mut h = map(&pairs);
+        to_node(&mut h, Keep::default(), &xff(), "https");
+        assert_eq!(names(&h), ["host", "x-forwarded-for", "x-forwarded-proto"]);
+    }
+
+    #[test]
+    fn responses_lose_hop_by_hop_headers_and_chunking_but_a_101_keeps_its_upgrade() {
+        let mut h = map(&[
             ("keep-alive", "timeout=5"),
-            ("connection", "x-hop-secret"),
+            ("connection", "x-hop-secret, content-length"),
             ("x-hop-secret", "1"),
             ("upgrade", "h2c"),
+            ("transfer-encoding", "chunked"),
             ("content-length", "2"),
-        ] {
-            resp.append_header(k.to_string(), v).unwrap();
-        }
-        strip_response(&mut resp);
-        assert_eq!(names(&resp.headers), ["content-length"]);
+        ]);
+        to_player(&mut h, http::StatusCode::OK);
+        assert_eq!(names(&h), ["content-length"]);
 
-        let mut switching = ResponseHeader::build(101, None).unwrap();
-        switching.append_header("upgrade", "websocket").unwrap();
-        switching.append_header("connection", "Upgrade").unwrap();
-        switching.append_header("keep-alive", "timeout=5").unwrap();
-        strip_response(&mut switching);
-        assert_eq!(names(&switching.headers), ["connection", "upgrade"]);
+        let mut h = map(&[("content-length", "20")]);
+        to_player(&mut h, http::StatusCode::NOT_MODIFIED);
+        assert!(h.is_empty(), "no length where there is no body");
+
+        let mut h = map(&[
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("keep-alive", "timeout=5"),
+        ]);
+        to_player(&mut h, http::StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(names(&h), ["connection", "upgrade"]);
     }
 }

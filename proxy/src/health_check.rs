@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use hyper_util::rt::TokioIo;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -152,27 +152,38 @@ pub async fn check(address: SocketAddr, path: &str, timeout: Duration) -> Result
 }
 
 async fn check_inner(address: SocketAddr, path: &str) -> Result<(), CheckError> {
-    let mut stream = TcpStream::connect(address).await?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: nakama-edge-health-check\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut head = [0u8; 64];
-    let mut n = 0;
-    while n < 12 {
-        let read = stream.read(&mut head[n..]).await?;
-        if read == 0 {
-            break;
-        }
-        n += read;
+    let stream = TcpStream::connect(address).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    let request = http::Request::get(path)
+        .header(http::header::HOST, address.to_string())
+        .header(http::header::USER_AGENT, "nakama-edge-health-check")
+        .header(http::header::CONNECTION, "close")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(std::io::Error::other)?;
+    // The connection is driven here, beside the request: it ends with the check.
+    let exchange = async {
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        // The body is not wanted; dropping it closes the connection.
+        drop(response);
+        Ok::<_, hyper::Error>(status)
+    };
+    tokio::pin!(conn, exchange);
+    let status = tokio::select! {
+        biased;
+        status = &mut exchange => status,
+        // A connection that ended has handed over its answer, if it got one.
+        ended = &mut conn => match ended {
+            Ok(()) => exchange.await,
+            Err(e) => Err(e),
+        },
     }
-    let status_line = String::from_utf8_lossy(&head[..n]);
-    let status = status_line.split_whitespace().nth(1).unwrap_or("");
-    if status_line.starts_with("HTTP/1.") && status.len() == 3 && status.starts_with('2') {
+    .map_err(std::io::Error::other)?;
+    if status.is_success() {
         Ok(())
     } else {
-        Err(CheckError::Status(
-            status_line.lines().next().unwrap_or("").to_string(),
-        ))
+        Err(CheckError::Status(status.to_string()))
     }
 }

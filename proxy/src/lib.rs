@@ -1,11 +1,11 @@
-//! nakama-edge: the front door of a Nakama deployment, on pingora.
+//! nakama-edge: the front door of a Nakama deployment, on pingora's server, with hyper for HTTP.
 //!
 //! ```text
-//!  players ──TLS──► accept (firewall, rustls) ──► proxy (route, pick node) ──► Nakama nodes
-//!                        ▲                            │  ▲                        ▲
-//!                        │ snapshot (ArcSwap)         ▼  │                        │
-//!  config file ──► state::Shared::reload          pool (health, drain,     health_check
-//!                        │                          counts, selection)
+//!  players ──TLS──► accept (firewall, rustls) ──► http (hyper: route, rules, pick node) ──► upstream (hyper) ──► Nakama nodes
+//!                        ▲                              │  ▲                                                   ▲
+//!                        │ snapshot (ArcSwap)           ▼  │                                                   │
+//!  config file ──► state::Shared::reload            pool (health, drain,                                  health_check
+//!                        │                            counts, selection)
 //!  operators ───────► admin (metrics, nodes, drain)
 //! ```
 //!
@@ -13,10 +13,11 @@
 //! | --- | --- |
 //! | [`server`] | wiring: pingora server, listeners, background tasks |
 //! | [`accept`] | the one accept path: firewall, TLS, then HTTP |
-//! | [`proxy`] | the request path (pingora `ProxyHttp`) |
+//! | [`http`] | the HTTP layer: hyper's server per connection, and each request's way to a node and back |
+//! | [`upstream`] | connections to nodes: hyper's client, kept per worker thread |
 //! | [`tunnel`] | WebSockets past their upgrade: the edge's own lean splice |
-//! | [`player_tls`] | a player's TLS stream: rustls over the socket, with pingora's digest |
-//! | [`client_conn`] | a player's connection: header and WebSocket-idle deadlines, its slot |
+//! | [`player_tls`] | a player's TLS stream: rustls over the socket |
+//! | [`client_conn`] | a player's connection: head, idle and WebSocket deadlines, its slot |
 //! | [`proxy_protocol`] | PROXY protocol v1/v2 from trusted load balancers |
 //! | [`limits`] | per-client rate and connection limits: per user (verified token), else per IP |
 //! | [`logins`] | failed logins per account identifier (brute force) |
@@ -47,16 +48,15 @@ pub mod cluster;
 pub mod discovery;
 pub mod drains;
 pub mod firewall;
-pub mod h1_api;
 pub mod headers;
 pub mod health_check;
+pub mod http;
 pub mod limits;
 pub mod logging;
 pub mod logins;
 pub mod metrics;
 pub mod player_tls;
 pub mod pool;
-pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod retry_budget;
@@ -65,5 +65,5 @@ pub mod server;
 pub mod state;
 pub mod token;
 pub mod tunnel;
-pub mod upstream_pool;
+pub mod upstream;
 pub mod ws_close;

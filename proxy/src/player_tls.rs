@@ -1,9 +1,9 @@
 //! A player's TLS connection: rustls's unbuffered connection over the accepted socket, with
-//! what pingora's HTTP layer asks of a stream (the TLS digest, the negotiated ALPN).
+//! what the HTTP layer asks of it (the TLS version, the negotiated ALPN).
 //!
 //! ```text
 //!   accept::Entry ── accept(config, socket) ──► PlayerTls { rustls connection, socket }
-//!                                                 └─► ClientConn ─► h1_api / pingora
+//!                                                 └─► ClientConn ─► http (hyper)
 //!
 //!   socket ──read──► this thread's scratch ──decrypt──► the reader's buffer
 //!                     └─ a record cut short: kept in `incoming` until the rest arrives
@@ -25,16 +25,8 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
-use async_trait::async_trait;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::raw_connect::ProxyDigest;
-use pingora_core::protocols::tls::{CustomALPN, SslDigest, TlsRef};
-use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
-    TimingDigest, UniqueID, UniqueIDType, ALPN,
-};
 use rustls::server::ServerConnectionData;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{
@@ -70,7 +62,8 @@ pub struct PlayerTls {
     reading: Reading,
     /// Whether this side's close_notify has been made (it goes out before the socket closes).
     close_notify_sent: bool,
-    digest: Arc<SslDigest>,
+    /// The negotiated TLS version's name, for the access log.
+    version: &'static str,
 }
 
 /// Where the player's side of the connection stands.
@@ -185,16 +178,10 @@ pub async fn accept(config: &Arc<ServerConfig>, mut io: L4Stream) -> io::Result<
         filled += n;
     }
     incoming.truncate(filled);
-    let cipher = conn
-        .negotiated_cipher_suite()
-        .and_then(|suite| suite.suite().as_str())
-        .unwrap_or_default();
     let version = conn
         .protocol_version()
         .and_then(|version| version.as_str())
-        .unwrap_or_default();
-    // Players present no certificate: no organization, serial or certificate digest.
-    let digest = Arc::new(SslDigest::new(cipher, version, None, None, Vec::new()));
+        .unwrap_or("other");
     Ok(PlayerTls {
         io,
         conn,
@@ -205,7 +192,7 @@ pub async fn accept(config: &Arc<ServerConfig>, mut io: L4Stream) -> io::Result<
         outgoing_at: 0,
         reading,
         close_notify_sent: false,
-        digest,
+        version,
     })
 }
 
@@ -620,66 +607,22 @@ impl AsyncWrite for PlayerTls {
     }
 }
 
-#[async_trait]
-impl Shutdown for PlayerTls {
-    async fn shutdown(&mut self) {
-        // TLS close_notify, then the socket's write side: as pingora's stream does.
-        let _ = AsyncWriteExt::shutdown(self).await;
+impl PlayerTls {
+    /// The negotiated TLS version (`TLSv1_3`, `TLSv1_2`).
+    pub fn version(&self) -> &'static str {
+        self.version
+    }
+
+    /// The protocol the client and the edge agreed on with ALPN, if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
     }
 }
-
-impl UniqueID for PlayerTls {
-    fn id(&self) -> UniqueIDType {
-        self.io.id()
-    }
-}
-
-impl Ssl for PlayerTls {
-    fn get_ssl(&self) -> Option<&TlsRef> {
-        None
-    }
-    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
-        Some(self.digest.clone())
-    }
-    fn selected_alpn_proto(&self) -> Option<ALPN> {
-        match self.conn.alpn_protocol()? {
-            b"http/1.1" => Some(ALPN::H1),
-            b"h2" => Some(ALPN::H2),
-            other => Some(ALPN::Custom(CustomALPN::new(other.to_vec()))),
-        }
-    }
-}
-
-impl GetTimingDigest for PlayerTls {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.io.get_timing_digest()
-    }
-    fn get_read_pending_time(&self) -> Duration {
-        self.io.get_read_pending_time()
-    }
-    fn get_write_pending_time(&self) -> Duration {
-        self.io.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for PlayerTls {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.io.get_proxy_digest()
-    }
-}
-
-impl GetSocketDigest for PlayerTls {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.io.get_socket_digest()
-    }
-}
-
-impl Peek for PlayerTls {}
 
 impl fmt::Debug for PlayerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PlayerTls")
-            .field("version", &self.digest.version)
+            .field("version", &self.version)
             .finish_non_exhaustive()
     }
 }
@@ -768,7 +711,7 @@ mod tests {
                 mut server,
                 mut client,
             } = pair(versions).await;
-            assert_eq!(server.selected_alpn_proto(), Some(ALPN::H1));
+            assert_eq!(server.alpn(), Some(&b"http/1.1"[..]));
             let up = pattern(1 << 20, 7);
             let down = pattern(1 << 20, 9);
             let (up2, down2) = (up.clone(), down.clone());

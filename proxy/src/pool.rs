@@ -28,7 +28,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nakama_edge_config::{Config, Node as NodeConfig};
-use pingora_core::upstreams::peer::HttpPeer;
 use pingora_ketama::{Bucket, Continuum, DEFAULT_POINT_MULTIPLE};
 use serde::Serialize;
 
@@ -86,7 +85,8 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn now_millis() -> u64 {
+/// Milliseconds on the process's monotonic clock (never 0).
+pub(crate) fn now_millis() -> u64 {
     // +1 so that 0 can mean "never".
     epoch().elapsed().as_millis() as u64 + 1
 }
@@ -417,32 +417,11 @@ pub struct Node {
     pub origin: Origin,
     /// Its live state.
     pub runtime: Arc<NodeRuntime>,
-    /// How to reach its HTTP API and WebSocket, decided at config time.
-    pub http_peer: HttpPeer,
-    /// How to reach its gRPC API (h2c), if it has one.
-    pub grpc_peer: Option<HttpPeer>,
-    /// How to reach its console, if the console listener may.
-    pub console_peer: Option<HttpPeer>,
 }
 
 /// Nakama closes idle keep-alive connections after 60 s; the edge lets go of them first, so
 /// that it never sends a request down a connection the node is closing.
 pub const UPSTREAM_IDLE: Duration = Duration::from_secs(50);
-
-/// Concurrent gRPC streams on one h2c connection to a node (pingora's default is 1).
-const GRPC_STREAMS_PER_CONNECTION: usize = 128;
-
-fn peer(address: SocketAddr, config: &Config, h2c: bool) -> HttpPeer {
-    let mut peer = HttpPeer::new(address, false, String::new());
-    peer.options.connection_timeout = Some(config.timeouts.upstream_connect);
-    peer.options.read_timeout = Some(config.timeouts.upstream_read);
-    peer.options.idle_timeout = Some(UPSTREAM_IDLE);
-    if h2c {
-        peer.options.set_http_version(2, 2);
-        peer.options.max_h2_streams = GRPC_STREAMS_PER_CONNECTION;
-    }
-    peer
-}
 
 /// The nodes of one config snapshot, with the routing tables built from them.
 pub struct Pool {
@@ -474,28 +453,16 @@ impl Tried {
 }
 
 impl Pool {
-    /// Build the pool of `members` with the settings of `config`, reusing the runtimes in
-    /// `registry`.
-    pub fn build(
-        config: &Config,
-        members: &[Member],
-        registry: &Registry,
-        drains: &Drains,
-    ) -> Pool {
+    /// Build the pool of `members`, reusing the runtimes in `registry`.
+    pub fn build(members: &[Member], registry: &Registry, drains: &Drains) -> Pool {
         let runtimes = registry.runtimes_for(members, drains);
         let nodes: Vec<Node> = members
             .iter()
             .zip(runtimes)
-            .map(|(m, runtime)| {
-                let c = &m.config;
-                Node {
-                    config: c.clone(),
-                    origin: m.origin.clone(),
-                    runtime,
-                    http_peer: peer(c.address, config, false),
-                    grpc_peer: c.grpc.map(|g| peer(g, config, true)),
-                    console_peer: c.console.map(|g| peer(g, config, false)),
-                }
+            .map(|(m, runtime)| Node {
+                config: m.config.clone(),
+                origin: m.origin.clone(),
+                runtime,
             })
             .collect();
         let buckets: Vec<Bucket> = nodes
@@ -516,8 +483,8 @@ impl Pool {
                 .filter(|&i| has(&nodes[i as usize]))
                 .collect()
         };
-        let grpc_round_robin = having(|n| n.grpc_peer.is_some());
-        let console_round_robin = having(|n| n.console_peer.is_some());
+        let grpc_round_robin = having(|n| n.config.grpc.is_some());
+        let console_round_robin = having(|n| n.config.console.is_some());
         Pool {
             nodes,
             ring,
@@ -621,7 +588,7 @@ mod tests {
     }
 
     fn build(config: &Config, registry: &Registry, drains: &Drains) -> Pool {
-        Pool::build(config, &Member::configured(config), registry, drains)
+        Pool::build(&Member::configured(config), registry, drains)
     }
 
     fn all_healthy(pool: &Pool) {

@@ -1,7 +1,7 @@
 //! The routing decision: what kind of request this is, made from its head alone.
 
+use http::request::Parts;
 use http::{header, Method};
-use pingora_http::RequestHeader;
 
 /// What a request is, for routing and for the `route` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +76,7 @@ impl Listener {
 
 /// Classify a request by its head.
 pub fn classify(
-    req: &RequestHeader,
+    req: &Parts,
     listener: Listener,
     http_redirect: bool,
     websocket_path: &str,
@@ -102,7 +102,7 @@ pub fn classify(
     Route::Api
 }
 
-fn is_grpc(req: &RequestHeader) -> bool {
+fn is_grpc(req: &Parts) -> bool {
     req.version == http::Version::HTTP_2
         && req
             .headers
@@ -110,7 +110,7 @@ fn is_grpc(req: &RequestHeader) -> bool {
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-fn is_websocket_upgrade(req: &RequestHeader) -> bool {
+fn is_websocket_upgrade(req: &Parts) -> bool {
     req.headers
         .get(header::UPGRADE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
@@ -120,12 +120,12 @@ fn is_websocket_upgrade(req: &RequestHeader) -> bool {
 mod tests {
     use super::*;
 
-    fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build(method, path.as_bytes(), None).unwrap();
+    fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut r = http::Request::builder().method(method).uri(path);
         for (k, v) in headers {
-            r.insert_header(k.to_string(), *v).unwrap();
+            r = r.header(*k, *v);
         }
-        r
+        r.body(()).unwrap().into_parts().0
     }
 
     #[test]
@@ -175,7 +175,7 @@ mod tests {
             Route::Api,
             "gRPC needs HTTP/2"
         );
-        grpc.set_version(http::Version::HTTP_2);
+        grpc.version = http::Version::HTTP_2;
         assert_eq!(classify(&grpc, Listener::Https, true, "/ws"), Route::Grpc);
     }
 }

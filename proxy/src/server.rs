@@ -12,9 +12,9 @@
 //!
 //! ```text
 //!   Server (pingora: signals, graceful shutdown and upgrade)
-//!    ├─ https  : TCP ─► accept::Entry (firewall, TLS) ─► HttpProxy<Edge>
-//!    ├─ http   : TCP ─► accept::Entry (firewall)      ─► HttpProxy<Edge> (redirect / ACME)
-//!    ├─ console: TCP ─► accept::Entry (console_allow, TLS) ─► HttpProxy<Edge> (nodes' consoles)
+//!    ├─ https  : TCP ─► accept::Entry (firewall, TLS) ─► http (hyper: HTTP/1.1, HTTP/2)
+//!    ├─ http   : TCP ─► accept::Entry (firewall)      ─► http (redirect / ACME)
+//!    ├─ console: TCP ─► accept::Entry (console_allow, TLS) ─► http (nodes' consoles)
 //!    ├─ admin  : AdminApi
 //!    └─ background: HealthChecker, Discovery, Reloader, DrainsWatch, Readiness, AcmeService (with [acme]),
 //!                   ClusterSync (with [cluster]); on shutdown GracefulClose (WebSockets' close
@@ -32,13 +32,11 @@ use nakama_edge_certs::acme::{load_stored, AcmeSettings, Challenge};
 use nakama_edge_certs::store::CertStore;
 use nakama_edge_certs::{install_crypto_provider, CertifiedKey};
 use nakama_edge_config::{AcmeChallenge, CertificateSource, Config};
-use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
-use pingora_proxy::http_proxy;
 
 use crate::accept::{Entry, PeerFilter};
 use crate::acme::{AcmeTask, Served};
@@ -48,7 +46,6 @@ use crate::discovery::Discovery;
 use crate::drains::{Drains, DrainsWatch};
 use crate::health_check::HealthChecker;
 use crate::limits::PurgeTask;
-use crate::proxy::Edge;
 use crate::reload::Reloader;
 use crate::route::Listener;
 use crate::state::{ConfigSource, Shared};
@@ -185,7 +182,6 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     // With --upgrade, this waits for the running process to hand its sockets over.
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
-    let server_conf = server.configuration.clone();
     if let Err(e) = shared.reload_drains() {
         tracing::error!("{e}: runtime drains could not be read again; fix or remove the file");
     }
@@ -198,9 +194,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     ] {
         let Some(addr) = addr else { continue };
         let acceptor = (listener != Listener::Http).then(|| tls.clone());
-        let mut edge = http_proxy(&server_conf, Edge::new(shared.clone(), listener));
-        edge.server_options = Some(server_options(&shared));
-        let entry = Entry::new(shared.clone(), listener, acceptor, edge);
+        let entry = Entry::new(shared.clone(), listener, acceptor);
         let mut service = Service::new(listener.name().to_string(), entry);
         service.set_connection_filter(Arc::new(PeerFilter::new(shared.clone(), listener)));
         if listener != Listener::Https {
@@ -342,14 +336,6 @@ const PLAYER_SOCKET_BUFFERS: L4BufferSettings = L4BufferSettings {
     read: Some(0),
     write: Some(0),
 };
-
-/// HTTP server options of the player listeners: HTTP/2 connections idle for
-/// `timeouts.http_idle` are closed (HTTP/1.1 idling is the keep-alive timeout, set per request).
-fn server_options(shared: &Shared) -> HttpServerOptions {
-    let mut options = HttpServerOptions::default();
-    options.h2_idle_timeout = Some(shared.snapshot().config.timeouts.http_idle);
-    options
-}
 
 /// Marks the listeners bound once the kernel shows each one listening. (Pingora binds inside
 /// each service, after it reports ready; connecting to find out would count as traffic.)

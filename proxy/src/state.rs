@@ -59,7 +59,7 @@ impl Snapshot {
         open: &Arc<OpenConnections>,
         drains: &Drains,
     ) -> Snapshot {
-        let pool = Pool::build(&config, members, registry, drains);
+        let pool = Pool::build(members, registry, drains);
         let firewall = Firewall::new(&config.firewall);
         let limits = match previous {
             Some(p) if *p.limits.config() == config.rate_limit => p.limits.clone(),

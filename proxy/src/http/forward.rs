@@ -1,0 +1,229 @@
+//! A request's way to a node and its answer's way back: the node picked (round-robin over the
+//! routable nodes; those with a gRPC or console address for those routes), the request sent
+//! ([`crate::upstream`]), and when that fails, another node within the rules below.
+//!
+//! **When a request goes to another node.** A request that never reached its node (the node
+//! refused the connection, or a kept connection was found closed before a byte was written)
+//! may go to any other node, whatever its method. One that may have reached its node goes
+//! again only if its method is idempotent (RFC 9110 §9.2.2: GET, HEAD, PUT, DELETE, OPTIONS,
+//! TRACE): a POST, which is how Nakama's authentication and RPCs travel, is never sent twice.
+//! A node silent past `timeouts.upstream_read` gets the player a 504 and the request goes
+//! nowhere else (it may still be running). Every retry spends the retry budget.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONNECTION};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+
+use super::answer::{refusal, Answer, Books, Then};
+use super::head::{for_node, for_player, Toward};
+use super::request::then;
+use super::Player;
+use crate::headers::Keep;
+use crate::pool::{Node, Tried};
+use crate::route::Route;
+use crate::state::Shared;
+use crate::upstream::{self, Failure, OutBody};
+
+/// Send the request (`parts`, its whole `body`) to a node and relay the answer. `login`: the
+/// account a 401 counts against.
+pub(super) async fn to_node(
+    player: &Arc<Player>,
+    mut parts: http::request::Parts,
+    body: Bytes,
+    login: Option<u64>,
+    mut books: Books,
+) -> Response<Answer> {
+    let route = books.route;
+    let toward = match route {
+        Route::Grpc => Toward::H2c,
+        _ => Toward::Http1(Keep::default()),
+    };
+    if let Err(status) = for_node(&mut parts, toward, &player.forwarded_for, player.proto()) {
+        return refusal(status, Then::Close, books);
+    }
+    let snapshot = books.snapshot().clone();
+    let pool = &snapshot.pool;
+    let shared = &player.shared;
+    let timeouts = &snapshot.config.timeouts;
+    let idempotent = parts.method.is_idempotent();
+    let head_request = parts.method == Method::HEAD;
+    let mut request = Some(Request::from_parts(parts, Full::new(body)));
+    shared.retry_budget.record_request();
+    let mut tried = Tried::default();
+    loop {
+        let Some(outgoing) = request.take() else {
+            return refusal(
+                StatusCode::BAD_GATEWAY,
+                then(player, Then::KeepAlive),
+                books,
+            );
+        };
+        if let Some(last) = books.node.and_then(|i| pool.nodes.get(i)) {
+            shared.metrics.upstream_retry(&last.config.name);
+        }
+        let picked = match route {
+            Route::Grpc => pool.pick_grpc(tried),
+            Route::Console => pool.pick_console(tried),
+            _ => pool.pick_round_robin(tried),
+        };
+        let Some(i) = picked else {
+            return refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                then(player, Then::KeepAlive),
+                books,
+            );
+        };
+        tried.insert(i);
+        let node = &pool.nodes[i];
+        books.node = Some(i);
+        books.in_flight = Some(node.runtime.start_request());
+        // A copy for a retry after the node may have seen it: idempotent requests only.
+        let copy = idempotent.then(|| copy_of(&outgoing));
+        let sent = match route {
+            Route::Grpc => match node.config.grpc {
+                Some(address) => upstream::send_h2(
+                    address,
+                    outgoing,
+                    timeouts.upstream_connect,
+                    timeouts.upstream_read,
+                )
+                .await
+                .map(|r| (r, None)),
+                None => Err(Failure::Unsent(outgoing)),
+            },
+            _ => {
+                let address = match route {
+                    Route::Console => node.config.console,
+                    _ => Some(node.config.address),
+                };
+                match address {
+                    Some(address) => upstream::send_h1(
+                        address,
+                        outgoing,
+                        timeouts.upstream_connect,
+                        timeouts.upstream_read,
+                    )
+                    .await
+                    .map(|(r, lease)| (r, Some(lease))),
+                    None => Err(Failure::Unsent(outgoing)),
+                }
+            }
+        };
+        let failure = match sent {
+            Ok((response, lease)) => {
+                return relay(player, response, lease, head_request, login, books);
+            }
+            Err(failure) => failure,
+        };
+        match failure {
+            Failure::Refused(e, back) => {
+                connect_failed(shared, node, &e);
+                // Nothing reached the node: any request may go to another one.
+                if within_retry_budget(shared) {
+                    request = Some(back);
+                    continue;
+                }
+            }
+            Failure::Unsent(back) => {
+                if within_retry_budget(shared) {
+                    request = Some(back);
+                    continue;
+                }
+            }
+            Failure::Failed(e) => {
+                tracing::debug!(node = %node.config.name, error = %e, "request failed at its node");
+                if let Some(copy) = copy {
+                    if within_retry_budget(shared) {
+                        request = Some(copy);
+                        continue;
+                    }
+                }
+            }
+            Failure::Silent => {
+                tracing::debug!(node = %node.config.name, "node silent past timeouts.upstream_read");
+                return refusal(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    then(player, Then::KeepAlive),
+                    books,
+                );
+            }
+        }
+        return refusal(
+            StatusCode::BAD_GATEWAY,
+            then(player, Then::KeepAlive),
+            books,
+        );
+    }
+}
+
+/// The same request again, for another node.
+fn copy_of(request: &Request<OutBody>) -> Request<OutBody> {
+    let mut copy = Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+/// The node's answer, on its way to the player.
+pub(super) fn relay(
+    player: &Player,
+    response: Response<hyper::body::Incoming>,
+    lease: Option<upstream::Lease>,
+    head_request: bool,
+    login: Option<u64>,
+    mut books: Books,
+) -> Response<Answer> {
+    let (mut parts, body) = response.into_parts();
+    if let Err(why) = for_player(&mut parts, head_request) {
+        let node = books
+            .node
+            .and_then(|i| books.snapshot().pool.nodes.get(i))
+            .map_or("none", |n| n.config.name.as_str());
+        tracing::debug!(node, why = why.0, "node's answer refused");
+        // Dropping the body and the lease closes the node connection.
+        return refusal(
+            StatusCode::BAD_GATEWAY,
+            then(player, Then::KeepAlive),
+            books,
+        );
+    }
+    if let Some(account) = login {
+        if parts.status == StatusCode::UNAUTHORIZED {
+            books.snapshot().limits.logins.failed(account);
+        }
+    }
+    // A shutdown closes every HTTP/1.1 connection after its answer.
+    if !player.h2 && player.shared.shutting_down.load(Ordering::Relaxed) {
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        books.next_request = false;
+    }
+    books.answered(parts.status);
+    let silence = books.snapshot().config.timeouts.upstream_read;
+    Response::from_parts(parts, Answer::node(body, lease, silence, books))
+}
+
+/// Whether a failed request may go to another node: within the retry budget (counted when
+/// not).
+pub(crate) fn within_retry_budget(shared: &Shared) -> bool {
+    let within = shared.retry_budget.try_retry();
+    if !within {
+        shared.metrics.retry_over_budget();
+    }
+    within
+}
+
+/// A node refused (or did not take) a connection: counted, and out of rotation at once.
+pub(crate) fn connect_failed(shared: &Shared, node: &Node, e: &dyn std::fmt::Display) {
+    shared.metrics.upstream_connect_failure(&node.config.name);
+    if node.runtime.mark_refused() {
+        tracing::warn!(node = %node.config.name, error = %e, "node refused a connection: out of rotation until it passes health checks");
+    }
+}

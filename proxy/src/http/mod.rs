@@ -1,0 +1,225 @@
+//! The HTTP layer: a player's HTTP/1.1 and HTTP/2 connections, framed by hyper, and the edge's
+//! rules applied to each request on its way to a node and back.
+//!
+//! ```text
+//!   accept::Entry ─► serve(ClientConn) ── hyper server: HTTP/1.1 (keep-alive, pipelining,
+//!        │                                  upgrades) or HTTP/2 (ALPN h2)
+//!        │  every request: request::handle
+//!        │    head::admit ────────── 400/405/413/414/431 and close: a head framed or named badly
+//!        │    edge's own answers ─── ACME HTTP-01, redirects to https (the http listener)
+//!        │    request budget ─────── 429 (per user with a verified token, else per address)
+//!        │    body::read_whole ───── the body, whole, within timeouts.request_body (408, 413)
+//!        │    login budget ───────── 429 (failed logins per account)
+//!        │    websocket::open ────── a WebSocket: sticky node, hyper's upgrade, then the splice
+//!        │    forward::to_node ───── round-robin (gRPC, console), retries, upstream (hyper's client)
+//!        │  ◄─ answer::Answer ────── the node's head less hop-by-hop headers, its body relayed as
+//!        │                           it comes; counted and logged when it has ended
+//!        └─ shutdown: `Connection: close` from then on; at half the grace period idle and
+//!           partial connections close, and HTTP/2 connections get GOAWAY
+//! ```
+//!
+//! hyper parses and frames every message on both sides; this layer never reads or writes a
+//! byte of HTTP itself. What it decides is policy: which requests go on, where, and with which
+//! headers.
+
+mod answer;
+mod body;
+mod budget;
+mod forward;
+pub mod head;
+mod request;
+mod websocket;
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::watch;
+
+use crate::client_conn::{ClientConn, ConnState};
+use crate::route::{Listener, Route};
+use crate::state::Shared;
+
+pub use answer::Answer;
+
+/// Request heads (HTTP/1.1) are read into a buffer of at most this size: hyper answers 431
+/// past it; below it the edge answers 414 and 431 at Nakama's own limit.
+const MAX_HEAD_BUFFER: usize = 16 * 1024;
+
+/// Header lines per request (HTTP/1.1); hyper answers 431 past it.
+const MAX_HEADERS: usize = 100;
+
+/// HTTP/2 streams a player may have open at once.
+const MAX_STREAMS: u32 = 128;
+
+/// Who a request comes from: its connection's facts, shared by the connection's requests.
+pub(crate) struct Player {
+    pub shared: Arc<Shared>,
+    pub listener: Listener,
+    pub client: IpAddr,
+    /// The client's address, as the edge's `X-Forwarded-For`.
+    pub forwarded_for: HeaderValue,
+    /// The TLS version, or `"none"`.
+    pub tls: &'static str,
+    pub h2: bool,
+    pub conn: Arc<ConnState>,
+}
+
+impl Player {
+    /// `https` or `http`: what `X-Forwarded-Proto` says.
+    pub fn proto(&self) -> &'static str {
+        match self.listener {
+            Listener::Http => "http",
+            Listener::Https | Listener::Console => "https",
+        }
+    }
+
+    fn alpn(&self) -> &'static str {
+        if self.h2 {
+            "h2"
+        } else {
+            "http/1.1"
+        }
+    }
+}
+
+/// The HTTP server settings of a listener, made once.
+pub struct Server {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        let mut h1 = http1::Builder::new();
+        h1.max_buf_size(MAX_HEAD_BUFFER)
+            .max_headers(MAX_HEADERS)
+            // The head and idle deadlines are the connection's (client_conn), kept apart.
+            .header_read_timeout(None)
+            .half_close(false);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.max_concurrent_streams(MAX_STREAMS)
+            .max_header_list_size(MAX_HEAD_BUFFER as u32)
+            // Nakama refuses bodies over 256 KiB: a stream's window covers one at once.
+            .initial_stream_window_size(256 * 1024)
+            .initial_connection_window_size(1024 * 1024);
+        Server { h1, h2 }
+    }
+}
+
+/// Serve `conn`'s requests until it closes. `closing` turns true when idle and partial
+/// connections are to close (the listener's cleanup, halfway through the grace period).
+pub(crate) async fn serve(
+    server: &Server,
+    shared: Arc<Shared>,
+    listener: Listener,
+    client: IpAddr,
+    conn: ClientConn,
+    mut closing: watch::Receiver<bool>,
+) {
+    let h2 = conn.transport().is_h2();
+    let state = conn.state().clone();
+    let player = Arc::new(Player {
+        forwarded_for: forwarded_for(client),
+        tls: conn.transport().tls_version(),
+        shared,
+        listener,
+        client,
+        h2,
+        conn: state.clone(),
+    });
+    let metrics_player = player.clone();
+    let service = service_fn(move |req| {
+        let player = player.clone();
+        async move { Ok::<_, Infallible>(request::handle(player, req).await) }
+    });
+    let io = TokioIo::new(conn);
+    let ended = if h2 {
+        let conn = pin!(server.h2.serve_connection(io, service));
+        drive(conn, &mut closing, Some(&state), |c| c.graceful_shutdown()).await
+    } else {
+        let conn = pin!(server.h1.serve_connection(io, service).with_upgrades());
+        drive(conn, &mut closing, None, |c| c.graceful_shutdown()).await
+    };
+    if let Err(e) = ended {
+        refused_by_hyper(&metrics_player, &e);
+    }
+}
+
+/// Poll `conn` to its end; on `closing`, or (HTTP/2, `idle`) once no stream has been open for
+/// `http_idle`, ask it to close gracefully.
+async fn drive<C>(
+    mut conn: std::pin::Pin<&mut C>,
+    closing: &mut watch::Receiver<bool>,
+    idle: Option<&ConnState>,
+    shutdown: impl Fn(std::pin::Pin<&mut C>),
+) -> hyper::Result<()>
+where
+    C: std::future::Future<Output = hyper::Result<()>>,
+{
+    let mut closed = false;
+    let mut idle_check = pin!(tokio::time::sleep(
+        idle.map_or(Duration::MAX / 4, ConnState::http_idle)
+    ));
+    loop {
+        tokio::select! {
+            ended = conn.as_mut() => return ended,
+            _ = closing.changed(), if !closed => {
+                if *closing.borrow() {
+                    closed = true;
+                    shutdown(conn.as_mut());
+                }
+            }
+            _ = idle_check.as_mut(), if idle.is_some() && !closed => {
+                let Some(state) = idle else { continue };
+                let limit = state.http_idle();
+                match state.quiet_for() {
+                    Some(quiet) if quiet >= limit => {
+                        closed = true;
+                        shutdown(conn.as_mut());
+                    }
+                    quiet => {
+                        let wait = limit.saturating_sub(quiet.unwrap_or_default());
+                        idle_check.as_mut().reset(tokio::time::Instant::now() + wait);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Count what hyper refused itself, before the edge saw a request: heads it could not parse
+/// (400) or that overran its buffer (431).
+fn refused_by_hyper(player: &Player, e: &hyper::Error) {
+    let status = if e.is_parse_too_large() {
+        431
+    } else if e.is_parse() || e.is_parse_status() {
+        400
+    } else {
+        tracing::debug!(client = %player.client, error = %e, "player connection ended");
+        return;
+    };
+    tracing::debug!(client = %player.client, error = %e, status, "request refused by the HTTP parser");
+    player
+        .shared
+        .metrics
+        .request(status, Route::Api, "none", 0.0);
+}
+
+fn forwarded_for(client: IpAddr) -> HeaderValue {
+    let mut buf = [0u8; 48];
+    let len = {
+        use std::io::Write as _;
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        // An address is at most 45 characters.
+        let _ = write!(cursor, "{client}");
+        cursor.position() as usize
+    };
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}

@@ -1,0 +1,266 @@
+//! Connections to nodes, over hyper's client: HTTP/1.1 connections kept idle per worker thread
+//! for the next request, one h2c connection per gRPC address and thread, and a fresh
+//! connection for each WebSocket upgrade.
+//!
+//! ```text
+//!   request path ── send(address, request) ──► a kept connection (open, ready) or a new one
+//!        ▲                                        │ hyper's connection task: frames the request,
+//!        │                                        │ parses the answer, and ends the moment the
+//!        │                                        │ node closes the connection
+//!        └── Lease::give_back, once the answer's body has ended whole ◄──┘
+//! ```
+//!
+//! One set of kept connections per worker thread: a connection's task runs on the thread that
+//! made it (`work_stealing = false`), so nothing here is locked or shared. A connection is kept
+//! only after its answer ended cleanly; hyper refuses one whose node sent bytes nobody asked
+//! for, and one dropped mid-answer is closed. A connection idle for [`UPSTREAM_IDLE`] is let
+//! go, as are those over [`MAX_IDLE_PER_NODE`].
+//!
+//! What a failure means for a retry ([`Failure`]): a request that never left (no connection, or
+//! a kept connection found closed before a byte was written) may go to any node; one that may
+//! have reached its node may go again only if its method is idempotent.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::pool::UPSTREAM_IDLE;
+
+/// A request body, as the edge sends it: read in full first, so its length is known.
+pub type OutBody = Full<Bytes>;
+
+/// Idle connections kept per node and worker thread.
+pub const MAX_IDLE_PER_NODE: usize = 256;
+
+/// How sending a request to a node failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// No connection: nothing reached the node. The request comes back.
+    Refused(io::Error, Request<OutBody>),
+    /// The request never left (a kept connection was found closed): it may go anywhere.
+    Unsent(Request<OutBody>),
+    /// The request may have reached the node.
+    Failed(hyper::Error),
+    /// No answer head within `timeouts.upstream_read`: the node may still be working on it.
+    Silent,
+}
+
+struct Idle {
+    sender: http1::SendRequest<OutBody>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Kept {
+    h1: HashMap<SocketAddr, Vec<Idle>>,
+    h2: HashMap<SocketAddr, http2::SendRequest<OutBody>>,
+    /// When idle connections of every node were last swept.
+    swept: Option<Instant>,
+}
+
+thread_local! {
+    static KEPT: RefCell<Kept> = RefCell::new(Kept::default());
+}
+
+/// A kept HTTP/1.1 connection on loan to one request, given back once its answer has ended.
+pub struct Lease {
+    address: SocketAddr,
+    sender: http1::SendRequest<OutBody>,
+}
+
+impl Lease {
+    /// The answer's body ended whole: the connection may carry the next request.
+    pub fn give_back(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        KEPT.with(|kept| {
+            let mut kept = kept.borrow_mut();
+            let now = Instant::now();
+            // Now and then, let go of what has been idle too long, for every node (one that
+            // left the config included).
+            if kept
+                .swept
+                .is_none_or(|at| now.duration_since(at) > UPSTREAM_IDLE / 5)
+            {
+                kept.swept = Some(now);
+                kept.h1.retain(|_, idle| {
+                    idle.retain(|c| {
+                        now.duration_since(c.since) < UPSTREAM_IDLE && !c.sender.is_closed()
+                    });
+                    !idle.is_empty()
+                });
+            }
+            let idle = kept.h1.entry(self.address).or_default();
+            if idle.len() >= MAX_IDLE_PER_NODE {
+                // The oldest goes.
+                idle.remove(0);
+            }
+            idle.push(Idle {
+                sender: self.sender,
+                since: now,
+            });
+        })
+    }
+}
+
+/// The most recently used idle connection to `address` that is still open.
+fn take_idle(address: SocketAddr) -> Option<http1::SendRequest<OutBody>> {
+    KEPT.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        let idle = kept.h1.get_mut(&address)?;
+        while let Some(Idle { sender, since }) = idle.pop() {
+            if since.elapsed() < UPSTREAM_IDLE && !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    })
+}
+
+/// Idle connections to `address` kept by this thread (for tests).
+pub fn idle_here(address: SocketAddr) -> usize {
+    KEPT.with(|kept| kept.borrow().h1.get(&address).map_or(0, Vec::len))
+}
+
+async fn connect(address: SocketAddr, timeout: Duration) -> io::Result<TokioIo<TcpStream>> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = stream.set_nodelay(true);
+    Ok(TokioIo::new(stream))
+}
+
+/// A new HTTP/1.1 connection to `address`, its task running; `upgrades`: it can carry a
+/// WebSocket upgrade.
+pub async fn connect_h1(
+    address: SocketAddr,
+    timeout: Duration,
+    upgrades: bool,
+) -> io::Result<http1::SendRequest<OutBody>> {
+    let io = connect(address, timeout).await?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(io::Error::other)?;
+    if upgrades {
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "node connection ended");
+            }
+        });
+    } else {
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "node connection ended");
+            }
+        });
+    }
+    Ok(sender)
+}
+
+/// Send `request` to the node at `address` over HTTP/1.1, on a kept connection when one is
+/// open, else a new one; its answer's head within `read_timeout`. The lease goes back with
+/// the answer's body once it has ended whole.
+pub async fn send_h1(
+    address: SocketAddr,
+    mut request: Request<OutBody>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+) -> Result<(Response<Incoming>, Lease), Failure> {
+    // Kept connections first; one found closed gives the request back, unsent.
+    while let Some(mut sender) = take_idle(address) {
+        if sender.ready().await.is_err() {
+            continue;
+        }
+        match exchange(&mut sender, request, read_timeout).await {
+            Ok(response) => return Ok((response, Lease { address, sender })),
+            Err(Failure::Unsent(back)) => request = back,
+            Err(other) => return Err(other),
+        }
+    }
+    let mut sender = match connect_h1(address, connect_timeout, false).await {
+        Ok(sender) => sender,
+        Err(e) => return Err(Failure::Refused(e, request)),
+    };
+    let response = exchange(&mut sender, request, read_timeout).await?;
+    Ok((response, Lease { address, sender }))
+}
+
+async fn exchange(
+    sender: &mut http1::SendRequest<OutBody>,
+    request: Request<OutBody>,
+    read_timeout: Duration,
+) -> Result<Response<Incoming>, Failure> {
+    match tokio::time::timeout(read_timeout, sender.try_send_request(request)).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(mut e)) => match e.take_message() {
+            Some(request) => Err(Failure::Unsent(request)),
+            None => Err(Failure::Failed(e.into_error())),
+        },
+        // Dropping the request's future closes its connection.
+        Err(_) => Err(Failure::Silent),
+    }
+}
+
+/// Send a gRPC `request` to the node's h2c address, on this thread's connection to it (made
+/// when there is none, or it has closed).
+pub async fn send_h2(
+    address: SocketAddr,
+    mut request: Request<OutBody>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+) -> Result<Response<Incoming>, Failure> {
+    for fresh in [false, true] {
+        let kept = KEPT.with(|kept| {
+            let kept = kept.borrow();
+            kept.h2.get(&address).filter(|s| !s.is_closed()).cloned()
+        });
+        let mut sender = match kept {
+            Some(sender) if !fresh => sender,
+            _ => {
+                let io = match connect(address, connect_timeout).await {
+                    Ok(io) => io,
+                    Err(e) => return Err(Failure::Refused(e, request)),
+                };
+                let handshake = http2::Builder::new(TokioExecutor::new())
+                    .handshake(io)
+                    .await;
+                let (sender, conn) = match handshake {
+                    Ok(made) => made,
+                    Err(e) => return Err(Failure::Refused(io::Error::other(e), request)),
+                };
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "node h2c connection ended");
+                    }
+                });
+                KEPT.with(|kept| kept.borrow_mut().h2.insert(address, sender.clone()));
+                sender
+            }
+        };
+        if sender.ready().await.is_err() {
+            continue;
+        }
+        let sent = tokio::time::timeout(read_timeout, sender.try_send_request(request)).await;
+        match sent {
+            Ok(Ok(response)) => return Ok(response),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(back) => request = back,
+                None => return Err(Failure::Failed(e.into_error())),
+            },
+            Err(_) => return Err(Failure::Silent),
+        }
+    }
+    Err(Failure::Unsent(request))
+}
