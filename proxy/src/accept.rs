@@ -19,16 +19,16 @@
 //! protocol header and the handshake timeout belong.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::listeners::ConnectionFilter;
-use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::{GetSocketDigest, SocketDigest, Stream};
+use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::client_conn::{ClientConn, Deadlines, Transport};
@@ -122,12 +122,23 @@ impl Entry {
     }
 }
 
-fn peer_of(stream: &L4Stream) -> Option<SocketAddr> {
-    stream
-        .get_socket_digest()?
-        .peer_addr()
-        .and_then(PingoraAddr::as_inet)
-        .copied()
+/// The accepted socket, out of pingora's stream: pingora's listener (which hands sockets
+/// over in an upgrade) accepted it, and from here the edge reads and writes it directly,
+/// without the buffers and timing digests of pingora's stream around every read.
+fn into_socket(l4: L4Stream) -> std::io::Result<TcpStream> {
+    // SAFETY: dup(2) on a descriptor this stream owns and keeps open until it is dropped
+    // below; the new descriptor is owned by the std stream made from it, and by nothing else.
+    let fd = unsafe { libc::dup(l4.as_raw_fd()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor of a connected TCP socket, owned by no one else.
+    let socket = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    // Pingora's stream leaves the reactor and closes its own descriptor; the socket stays.
+    drop(l4);
+    socket.set_nonblocking(true)?;
+    socket.set_nodelay(true)?;
+    TcpStream::from_std(socket)
 }
 
 /// Whether a handshake failed because the peer closed the connection (a TCP probe, a client
@@ -141,14 +152,6 @@ fn went_away(e: &std::io::Error) -> bool {
     )
 }
 
-/// Make `client` the peer address pingora reports for this connection (the digest's
-/// addresses are filled lazily from the socket; this one is filled first).
-fn set_peer(stream: &mut L4Stream, client: SocketAddr) {
-    let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
-    let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(client)));
-    stream.set_socket_digest(digest);
-}
-
 #[async_trait]
 impl ServerApp for Entry {
     async fn process_new(
@@ -158,19 +161,25 @@ impl ServerApp for Entry {
     ) -> Option<Stream> {
         crate::allocator::tend_this_thread();
         // The listeners are plain TCP, so every stream they hand over is an L4 stream.
-        let mut l4 = *stream.into_any().downcast::<L4Stream>().ok()?;
+        let l4 = *stream.into_any().downcast::<L4Stream>().ok()?;
+        let mut socket = match into_socket(l4) {
+            Ok(socket) => socket,
+            Err(e) => {
+                tracing::debug!(error = %e, "an accepted connection could not be taken over");
+                return None;
+            }
+        };
+        let peer = socket.peer_addr().ok()?;
         let snapshot = self.shared.snapshot();
         let timeouts = snapshot.config.timeouts.clone();
-        let peer = peer_of(&l4)?;
         // Counted from here, through the PROXY header and the TLS handshake, so that a
         // shutting-down process (`server::ExitWhenIdle`) does not leave with one half-open.
         let open = self.shared.metrics.connection_opened(self.listener.name());
         let mut client = canonical(peer.ip());
 
         if snapshot.firewall.is_trusted_proxy(client) {
-            match read_header(&mut l4, timeouts.tls_handshake).await {
+            match read_header(&mut socket, timeouts.tls_handshake).await {
                 Ok(Origin::Client(addr)) => {
-                    set_peer(&mut l4, addr);
                     client = canonical(addr.ip());
                     if let Err(reason) = admits(&snapshot.firewall, self.listener, client) {
                         return self.reject(reason);
@@ -192,10 +201,13 @@ impl ServerApp for Entry {
         drop(snapshot);
 
         let transport = match &self.tls {
-            None => Transport::Tcp(l4),
+            None => Transport::Tcp(socket),
             Some(config) => {
-                match tokio::time::timeout(timeouts.tls_handshake, player_tls::accept(config, l4))
-                    .await
+                match tokio::time::timeout(
+                    timeouts.tls_handshake,
+                    player_tls::accept(config, socket),
+                )
+                .await
                 {
                     Ok(Ok(tls)) => {
                         self.shared.metrics.tls_handshake(true);

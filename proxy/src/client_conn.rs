@@ -35,8 +35,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::limits::ConnectionSlot;
@@ -48,7 +48,7 @@ use crate::ws_close::{close_frame, Closer, Frames};
 #[derive(Debug)]
 pub enum Transport {
     /// Plain TCP (the http listener, or a TLS-ending load balancer in front).
-    Tcp(L4Stream),
+    Tcp(TcpStream),
     /// TLS ended here.
     Tls(PlayerTls),
     /// Handed to a lingering close: nothing more to read or write here.
@@ -219,6 +219,13 @@ impl HeadEnd {
     }
 }
 
+/// How often an HTTP/1.x connection looks at its phase while a request is proxied: as often
+/// as the shortest deadline of the next phase.
+fn look(state: &ConnState) -> Duration {
+    let ms = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    Duration::from_millis(ms(&state.request_header_ms).min(ms(&state.http_idle_ms)))
+}
+
 /// What the request path and the connection share: the phase and the stream offsets that
 /// tell an idle connection from a pipelining one, the lingering close, the WebSocket closer,
 /// and (HTTP/2) the streams in flight.
@@ -308,9 +315,12 @@ impl ConnState {
             .store(millis(d.websocket_idle), Ordering::Relaxed);
     }
 
-    fn enter(&self, phase: Phase) {
-        let since = Instant::now().saturating_duration_since(self.base);
-        self.since_ms.store(millis(since), Ordering::Relaxed);
+    /// Enter `phase`, begun `at` (`None`: a phase with no deadline here).
+    fn enter(&self, phase: Phase, at: Option<Instant>) {
+        if let Some(at) = at {
+            let since = at.saturating_duration_since(self.base);
+            self.since_ms.store(millis(since), Ordering::Relaxed);
+        }
         self.phase.store(phase as u8, Ordering::Relaxed);
         self.turn.fetch_add(1, Ordering::Release);
     }
@@ -334,26 +344,26 @@ impl ConnState {
             _ => UNKNOWN,
         };
         self.message_end.store(end, Ordering::Relaxed);
-        self.enter(Phase::Proxying);
+        self.enter(Phase::Proxying, None);
     }
 
-    /// The answer is out: the next head is awaited with `deadlines` (the config of the moment).
-    /// Bytes read past this request's end were pipelined; so were any the stream could not
-    /// place.
-    pub fn request_done(&self, deadlines: Deadlines) {
+    /// The answer ended `at`: the next head is awaited with `deadlines` (the request's
+    /// config). Bytes read past this request's end were pipelined; so were any the stream
+    /// could not place.
+    pub fn request_done(&self, deadlines: Deadlines, at: Instant) {
         let end = self.message_end.load(Ordering::Relaxed);
         let pipelined = end == UNKNOWN || self.read.load(Ordering::Relaxed) != end;
         self.pipelined.store(pipelined, Ordering::Relaxed);
         self.head_end.store(UNKNOWN, Ordering::Relaxed);
         self.set_deadlines(deadlines);
-        self.enter(Phase::AwaitingHeader);
+        self.enter(Phase::AwaitingHeader, Some(at));
     }
 
     /// Upgraded: closed after `websocket_idle` without a byte from the client.
     pub fn enter_websocket(&self, websocket_idle: Duration) {
         self.websocket_idle_ms
             .store(millis(websocket_idle), Ordering::Relaxed);
-        self.enter(Phase::WebSocket);
+        self.enter(Phase::WebSocket, Some(Instant::now()));
     }
 
     /// The answer going out refuses a request whose body the client may still be sending:
@@ -422,6 +432,9 @@ pub struct ClientConn {
     head_begun: bool,
     timer: Pin<Box<Sleep>>,
     timer_at: Option<Instant>,
+    /// The timer has been polled since it was last set: it will wake this task, so a look at
+    /// whether it has elapsed is enough until it is set again.
+    timer_polled: bool,
     /// Where the head being read ends (HTTP/1.x); `None` for HTTP/2.
     head: Option<HeadEnd>,
     /// Held until the connection closes, lingering included.
@@ -457,6 +470,7 @@ impl ClientConn {
             head_begun: true,
             timer: Box::pin(tokio::time::sleep_until(now + Duration::from_secs(86400))),
             timer_at: None,
+            timer_polled: false,
             head: (!h2).then(HeadEnd::default),
             slot,
             open,
@@ -484,6 +498,8 @@ impl ClientConn {
         self.seen_turn = turn;
         let phase = self.state.phase();
         self.seen_phase = phase;
+        // A new phase may be polled from another task (a WebSocket's splice).
+        self.timer_polled = false;
         // Timed from the phase change itself: hyper may read again only later.
         self.since = self.state.since();
         match phase {
@@ -499,21 +515,23 @@ impl ClientConn {
         phase
     }
 
-    fn limit(&self, phase: Phase) -> Option<Duration> {
-        let ms = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    /// The current deadline: `(when, strict)`. A strict deadline is an error once passed;
+    /// a loose one only wakes the connection for a look (HTTP/1.x, while a request is
+    /// proxied or its head is complete).
+    fn deadline(&self, phase: Phase) -> Option<(Instant, bool)> {
+        let ms = |a: &AtomicU64| Duration::from_millis(a.load(Ordering::Relaxed));
         let state = &self.state;
-        let limit = match phase {
-            // HTTP/1.x: no deadline, but a look as often as the next phase's shortest
-            // deadline (`check_deadline`).
-            Phase::Proxying if self.head.is_some() => {
-                ms(&state.request_header_ms).min(ms(&state.http_idle_ms))
+        let head_complete = self.head.is_some_and(|h| h.state == Scan::Done);
+        Some(match phase {
+            Phase::Proxying if self.head.is_none() => return None,
+            Phase::Proxying => (self.since + look(state), false),
+            Phase::AwaitingHeader if head_complete => (self.since + look(state), false),
+            Phase::WebSocket => (self.since + ms(&state.websocket_idle_ms), true),
+            Phase::AwaitingHeader if self.head_begun => {
+                (self.since + ms(&state.request_header_ms), true)
             }
-            Phase::Proxying => return None,
-            Phase::WebSocket => ms(&state.websocket_idle_ms),
-            Phase::AwaitingHeader if self.head_begun => ms(&state.request_header_ms),
-            Phase::AwaitingHeader => ms(&state.http_idle_ms),
-        };
-        Some(Duration::from_millis(limit))
+            Phase::AwaitingHeader => (self.since + ms(&state.http_idle_ms), true),
+        })
     }
 
     /// `Err` when the current deadline has passed; otherwise arms the timer for it.
@@ -521,25 +539,36 @@ impl ClientConn {
     /// While an HTTP/1.x request is proxied the timer is armed too, with no deadline behind
     /// it: hyper reads during a request (to notice a client leaving) and may not read again
     /// once the answer is out, so a timer must wake it to begin the idle or head deadline.
+    /// That look keeps whatever the timer was last armed for (moving a timer earlier is
+    /// what costs, a lock and the wheel), as the next phase's deadline is never earlier: the
+    /// idle and head deadlines begin when the answer ends.
     fn check_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         let phase = self.sync_phase();
-        let Some(limit) = self.limit(phase) else {
+        let Some((deadline, strict)) = self.deadline(phase) else {
             return Ok(());
         };
-        loop {
-            let deadline = self.since + limit;
-            if self.timer_at != Some(deadline) {
-                self.timer.as_mut().reset(deadline);
-                self.timer_at = Some(deadline);
-            }
-            if self.timer.as_mut().poll(cx).is_pending() {
-                return Ok(());
-            }
-            if phase != Phase::Proxying {
-                break;
-            }
-            // Still proxying: look again later.
+        if (strict && self.timer_at != Some(deadline)) || self.timer_at.is_none() {
+            self.timer.as_mut().reset(deadline);
+            self.timer_at = Some(deadline);
+            self.timer_polled = false;
+        }
+        let elapsed = if self.timer_polled {
+            self.timer.is_elapsed()
+        } else {
+            self.timer_polled = true;
+            self.timer.as_mut().poll(cx).is_ready()
+        };
+        if !elapsed {
+            return Ok(());
+        }
+        if !strict {
+            // Nothing is late: look again later.
             self.since = Instant::now();
+            let next = self.since + look(&self.state);
+            self.timer.as_mut().reset(next);
+            self.timer_at = Some(next);
+            self.timer_polled = self.timer.as_mut().poll(cx).is_pending();
+            return Ok(());
         }
         let what = match phase {
             Phase::WebSocket => "WebSocket idle timeout",
@@ -584,11 +613,14 @@ impl ClientConn {
         };
         let read = self.state.read.load(Ordering::Relaxed);
         if phase == Phase::AwaitingHeader {
-            if !self.head_begun {
-                self.head_begun = true;
+            let begins = !self.head_begun;
+            self.head_begun = true;
+            let end = head.find(bytes);
+            // A head complete in the read that began it needs no deadline of its own.
+            if begins && end.is_none() {
                 self.since = Instant::now();
             }
-            if let Some(end) = head.find(bytes) {
+            if let Some(end) = end {
                 self.state
                     .head_end
                     .store(read + end as u64, Ordering::Relaxed);
@@ -734,13 +766,13 @@ mod tests {
     }
 
     /// A connected pair: the edge's side wrapped in a `ClientConn`, and the client's socket.
-    async fn pair(d: Deadlines) -> (ClientConn, tokio::net::TcpStream) {
+    async fn pair(d: Deadlines) -> (ClientConn, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let stream = Transport::Tcp(L4Stream::from(server));
+        let stream = Transport::Tcp(server);
         (ClientConn::new(stream, false, d, None, None), client)
     }
 
@@ -794,7 +826,7 @@ mod tests {
             conn.read_exact(&mut got).await.unwrap();
             let state = conn.state().clone();
             state.start_request(Some(2));
-            state.request_done(deadlines(10, 60));
+            state.request_done(deadlines(10, 60), Instant::now());
             assert_eq!(state.pipelined.load(Ordering::Relaxed), pipelined);
         }
     }
@@ -809,7 +841,7 @@ mod tests {
         let n = conn.read(&mut buf).await.unwrap();
         assert_eq!(n, 18);
         state.start_request(Some(0));
-        state.request_done(deadlines(10, 60));
+        state.request_done(deadlines(10, 60), Instant::now());
         // 50 s of silence is within http_idle...
         tokio::time::sleep(Duration::from_secs(50)).await;
         client.write_all(b"G").await.unwrap();
@@ -833,7 +865,7 @@ mod tests {
         client.write_all(b"GET / HTTP/1.1\r\n\r\nG").await.unwrap();
         assert_eq!(conn.read(&mut buf).await.unwrap(), 19);
         state.start_request(Some(0));
-        state.request_done(deadlines(10, 60));
+        state.request_done(deadlines(10, 60), Instant::now());
         let answered = Instant::now();
         let err = conn.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);

@@ -79,15 +79,49 @@ fn same_name(name: &[u8], lower: &str) -> bool {
         })
 }
 
+/// The lengths of the address claims, one bit each.
+const CLAIM_LENGTHS: u32 = {
+    let mut bits = 0u32;
+    let mut i = 0;
+    while i < ADDRESS_CLAIMS.len() {
+        bits |= 1 << ADDRESS_CLAIMS[i].len();
+        i += 1;
+    }
+    bits
+};
+
+/// Whether some address claim is `len` long and ends in `last`: a cheap first look, which
+/// every common header name fails.
+fn may_claim(len: usize, last: u8) -> bool {
+    len < 32
+        && CLAIM_LENGTHS & (1 << len) != 0
+        && ADDRESS_CLAIMS
+            .iter()
+            .any(|c| c.len() == len && c.as_bytes()[len - 1] == last.to_ascii_lowercase())
+}
+
 /// Whether a header named `name` claims a client address.
 pub fn claims_address(name: &str) -> bool {
-    ADDRESS_CLAIMS.iter().any(|c| same_name(name.as_bytes(), c))
+    let bytes = name.as_bytes();
+    let Some(&last) = bytes.last() else {
+        return false;
+    };
+    may_claim(bytes.len(), last) && ADDRESS_CLAIMS.iter().any(|c| same_name(bytes, c))
 }
 
 /// Whether a header named `name` is hop-by-hop by itself (not counting the ones `Connection`
 /// names).
 pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// [`is_hop_by_hop`] for a header name as hyper gives it: lowercase already.
+fn is_hop_by_hop_name(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TE
+        || name == UPGRADE
+        || name == http::header::TRAILER
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
 }
 
 /// What a request to a node keeps of the connection-level headers a player sent.
@@ -173,7 +207,7 @@ pub fn to_node(
         if name == HOST {
             return false;
         }
-        if is_framing(name) || name == EXPECT || claims_address(s) || s == "x-forwarded-proto" {
+        if is_framing(name) || name == EXPECT || claims_address(s) || name == X_FORWARDED_PROTO {
             return true;
         }
         if name == TE && keep.te_trailers {
@@ -185,7 +219,7 @@ pub fn to_node(
         if name == UPGRADE && keep.upgrade {
             return false;
         }
-        is_hop_by_hop(s) || (names_others && named_by(&headers.get_all(CONNECTION), s))
+        is_hop_by_hop_name(name) || (names_others && named_by(&headers.get_all(CONNECTION), s))
     };
     remove_doomed(headers, doomed);
     if keep.upgrade {
@@ -214,7 +248,7 @@ pub fn to_player(headers: &mut HeaderMap, status: http::StatusCode) {
         if is_framing(name) || (upgrade && name == UPGRADE) {
             return false;
         }
-        is_hop_by_hop(name.as_str())
+        is_hop_by_hop_name(name)
             || (names_others && named_by(&headers.get_all(CONNECTION), name.as_str()))
     };
     remove_doomed(headers, doomed);

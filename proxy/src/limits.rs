@@ -25,7 +25,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use nakama_edge_config::RateLimit;
 
@@ -53,6 +53,21 @@ pub fn is_auth_path(path: &str) -> bool {
 
 fn nonzero(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+/// Checks between two looks at a limiter's size, per worker thread.
+const SIZE_CHECK_EVERY: u32 = 1024;
+
+/// Whether this check should look at the limiter's size.
+fn size_check_due() -> bool {
+    thread_local! {
+        static CHECKS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+    CHECKS.with(|n| {
+        let next = n.get().wrapping_add(1);
+        n.set(next);
+        next % SIZE_CHECK_EVERY == 0
+    })
 }
 
 /// The rate limiters of one `[rate_limit]` configuration.
@@ -105,12 +120,15 @@ impl Limits {
         limiter: &DefaultKeyedRateLimiter<K>,
         key: K,
     ) -> Result<(), Limited> {
-        if limiter.len() > PURGE_ABOVE {
+        // A map's size costs a lock of each of its shards: looked at now and then (the purge
+        // task keeps the maps small between floods).
+        if size_check_due() && limiter.len() > PURGE_ABOVE {
             limiter.retain_recent();
         }
-        limiter.check_key(&key).map_err(|not_until| {
-            Limited::Rate(not_until.wait_time_from(DefaultClock::default().now()))
-        })
+        // The limiter's own clock: making a clock calibrates one (a microsecond, per refusal).
+        limiter
+            .check_key(&key)
+            .map_err(|not_until| Limited::Rate(not_until.wait_time_from(limiter.clock().now())))
     }
 
     /// One request from `key`; authentication requests also spend the stricter budget.

@@ -4,7 +4,9 @@
 //! codes come from a table), so counting a request allocates nothing. Node gauges are derived
 //! from the live pool at scrape time, so they can never drift from the state they describe.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use nakama_edge_certs::info::CertInfo;
@@ -94,8 +96,13 @@ pub struct Metrics {
     open_connections: IntGaugeVec,
     tls_failures: IntCounterVec,
     websocket_duration: Histogram,
-    bytes_received: IntCounterVec,
-    bytes_sent: IntCounterVec,
+    /// Bumped when series are removed, so that handles kept per thread are let go.
+    series_generation: AtomicU64,
+    /// Per-route series, resolved once (a label lookup costs a hash and a lock per request):
+    /// durations when first observed, bytes at start.
+    route_durations: [OnceLock<Histogram>; Route::ALL.len()],
+    route_received: Vec<IntCounter>,
+    route_sent: Vec<IntCounter>,
     discovery_lookups: IntCounterVec,
     discovered_nodes: IntGaugeVec,
 }
@@ -383,10 +390,14 @@ impl Metrics {
         for failure in TlsFailure::ALL {
             tls_failures.with_label_values(&[failure.as_str()]);
         }
-        for route in Route::ALL {
-            bytes_received.with_label_values(&[route.as_str()]);
-            bytes_sent.with_label_values(&[route.as_str()]);
-        }
+        let route_received = Route::ALL
+            .iter()
+            .map(|route| bytes_received.with_label_values(&[route.as_str()]))
+            .collect();
+        let route_sent = Route::ALL
+            .iter()
+            .map(|route| bytes_sent.with_label_values(&[route.as_str()]))
+            .collect();
         for c in [
             Box::new(upstream_connect_failures.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_retries.clone()),
@@ -457,8 +468,10 @@ impl Metrics {
             open_connections,
             tls_failures,
             websocket_duration,
-            bytes_received,
-            bytes_sent,
+            series_generation: AtomicU64::new(0),
+            route_durations: Default::default(),
+            route_received,
+            route_sent,
             discovery_lookups,
             discovered_nodes,
         })
@@ -475,6 +488,7 @@ impl Metrics {
     /// Drop every series of the node `name`: it has left the pool (gone from DNS and drained,
     /// or removed from the config), so it is gone from the metrics too.
     pub fn forget_node(&self, name: &str) {
+        self.series_generation.fetch_add(1, Ordering::Relaxed);
         forget(&self.requests, name);
         forget(&self.health_checks, name);
         forget(&self.health_check_duration, name);
@@ -574,21 +588,51 @@ impl Metrics {
 
     /// Body bytes of one request or WebSocket session.
     pub fn bytes(&self, route: Route, received: usize, sent: usize) {
-        self.bytes_received
-            .with_label_values(&[route.as_str()])
-            .inc_by(received as u64);
-        self.bytes_sent
-            .with_label_values(&[route.as_str()])
-            .inc_by(sent as u64);
+        if received > 0 {
+            self.route_received[route.index()].inc_by(received as u64);
+        }
+        if sent > 0 {
+            self.route_sent[route.index()].inc_by(sent as u64);
+        }
+    }
+
+    /// The `requests` series of `(code, route, node)`: a label lookup hashes three strings and
+    /// takes a lock, so the handles are kept per worker thread for the codes and nodes it sees.
+    fn count_request(&self, code: u16, route: Route, node: &str) {
+        thread_local! {
+            static SERIES: RefCell<SeriesCache> = RefCell::new(SeriesCache::default());
+        }
+        let owner = std::ptr::from_ref(self) as usize;
+        let generation = self.series_generation.load(Ordering::Relaxed);
+        SERIES.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.owner != owner || cache.generation != generation || cache.series.len() > 512 {
+                cache.series.clear();
+                cache.owner = owner;
+                cache.generation = generation;
+            }
+            let key = (code, route.index() as u8);
+            if let Some((_, _, counter)) = cache
+                .series
+                .iter()
+                .find(|(k, name, _)| *k == key && **name == *node)
+            {
+                counter.inc();
+                return;
+            }
+            let counter =
+                self.requests
+                    .with_label_values(&[code_label(code), route.as_str(), node]);
+            counter.inc();
+            cache.series.push((key, node.into(), counter));
+        })
     }
 
     /// Count one answered request.
     pub fn request(&self, code: u16, route: Route, node: &str, seconds: f64) {
-        self.requests
-            .with_label_values(&[code_label(code), route.as_str(), node])
-            .inc();
-        self.durations
-            .with_label_values(&[route.as_str()])
+        self.count_request(code, route, node);
+        self.route_durations[route.index()]
+            .get_or_init(|| self.durations.with_label_values(&[route.as_str()]))
             .observe(seconds);
     }
 
@@ -688,6 +732,14 @@ fn forget<T: MetricVecBuilder>(vec: &MetricVec<T>, node: &str) {
 }
 
 /// The `code` label of a status code, without formatting per request.
+/// A worker thread's `requests` series handles.
+#[derive(Default)]
+struct SeriesCache {
+    owner: usize,
+    generation: u64,
+    series: Vec<((u16, u8), Box<str>, IntCounter)>,
+}
+
 fn code_label(code: u16) -> &'static str {
     static LABELS: OnceLock<Vec<String>> = OnceLock::new();
     let labels = LABELS.get_or_init(|| (0..1000).map(|c| c.to_string()).collect());

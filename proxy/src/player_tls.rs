@@ -26,7 +26,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use rustls::server::ServerConnectionData;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{
@@ -34,6 +33,7 @@ use rustls::unbuffered::{
 };
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
 /// The most plaintext one write encrypts: two full records.
 const MAX_PLAINTEXT_PER_WRITE: usize = 2 * 16 * 1024;
@@ -48,7 +48,7 @@ const HANDSHAKE_READ: usize = 8 * 1024;
 
 /// An established TLS connection from a player.
 pub struct PlayerTls {
-    io: L4Stream,
+    io: TcpStream,
     conn: UnbufferedServerConnection,
     /// TLS bytes read but not yet processed: a record that has come in part. Empty, and not
     /// allocated, between whole records.
@@ -121,7 +121,7 @@ fn with_scratch<R>(records: usize, plain: usize, f: impl FnOnce(&mut Scratch) ->
 /// Complete the TLS handshake on `socket`. A peer that closes before it completes reads as
 /// `UnexpectedEof` "tls handshake eof"; a TLS failure is rustls's error text (after the alert
 /// that says so has been sent to the peer).
-pub async fn accept(config: &Arc<ServerConfig>, mut io: L4Stream) -> io::Result<PlayerTls> {
+pub async fn accept(config: &Arc<ServerConfig>, mut io: TcpStream) -> io::Result<PlayerTls> {
     let mut conn = UnbufferedServerConnection::new(config.clone()).map_err(invalid_data)?;
     let mut incoming = vec![0; HANDSHAKE_READ];
     let mut filled = 0;
@@ -683,9 +683,7 @@ mod tests {
                 .unwrap()
         });
         let (socket, _) = listener.accept().await.unwrap();
-        let server = accept(&server_config, L4Stream::from(socket))
-            .await
-            .unwrap();
+        let server = accept(&server_config, socket).await.unwrap();
         Pair {
             server,
             client: connecting.await.unwrap(),
@@ -814,9 +812,7 @@ mod tests {
             answer
         });
         let (socket, _) = listener.accept().await.unwrap();
-        let error = accept(&server_config, L4Stream::from(socket))
-            .await
-            .unwrap_err();
+        let error = accept(&server_config, socket).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
         assert!(error.to_string().contains("InvalidContentType"), "{error}");
         drop(error);
@@ -832,9 +828,7 @@ mod tests {
         let quitter = tokio::spawn(async move { drop(TcpStream::connect(addr).await.unwrap()) });
         let (socket, _) = listener.accept().await.unwrap();
         quitter.await.unwrap();
-        let error = accept(&server_config, L4Stream::from(socket))
-            .await
-            .unwrap_err();
+        let error = accept(&server_config, socket).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

@@ -4,9 +4,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use ppp::{v1, v2, HeaderResult, PartialResult};
 use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 /// The longest header either version may send (v1: 107 bytes; v2: 16 + addresses and TLVs).
 const MAX_HEADER: usize = 1024;
@@ -81,33 +81,41 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Origin, usize)>, ProxyHeaderError> {
     }
 }
 
-/// Read the PROXY header at the start of `stream`; bytes read past it are put back.
+/// Read the PROXY header at the start of `stream`, and nothing past it: the header is looked
+/// at in the socket's buffer (peeked), then only its own bytes are taken.
 pub async fn read_header(
-    stream: &mut L4Stream,
+    stream: &mut TcpStream,
     limit: Duration,
 ) -> Result<Origin, ProxyHeaderError> {
     let mut buf = [0u8; MAX_HEADER];
-    let mut filled = 0;
     let read = async {
+        let mut seen = 0;
         loop {
-            let n = stream.read(&mut buf[filled..]).await?;
+            let n = stream.peek(&mut buf).await?;
             if n == 0 {
                 return Err(ProxyHeaderError::Io(
                     std::io::ErrorKind::UnexpectedEof.into(),
                 ));
             }
-            filled += n;
-            if let Some((origin, len)) = parse(&buf[..filled])? {
-                return Ok((origin, len));
+            if let Some((origin, len)) = parse(&buf[..n])? {
+                stream.read_exact(&mut buf[..len]).await?;
+                return Ok(origin);
             }
+            if n == seen {
+                // A header in pieces (trusted load balancers send it whole): the socket stays
+                // readable with what it has, so wait a moment for the rest.
+                tokio::time::sleep(PIECES).await;
+            }
+            seen = n;
         }
     };
-    let (origin, len) = tokio::time::timeout(limit, read)
+    tokio::time::timeout(limit, read)
         .await
-        .map_err(|_| ProxyHeaderError::Timeout(limit))??;
-    stream.rewind(&buf[len..filled]);
-    Ok(origin)
+        .map_err(|_| ProxyHeaderError::Timeout(limit))?
 }
+
+/// How long to wait for the rest of a PROXY header that came in pieces.
+const PIECES: Duration = Duration::from_millis(5);
 
 #[cfg(test)]
 mod tests {

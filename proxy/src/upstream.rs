@@ -21,10 +21,9 @@
 //! have reached its node may go again only if its method is idempotent.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -57,15 +56,28 @@ pub enum Failure {
 
 struct Idle {
     sender: http1::SendRequest<OutBody>,
-    since: Instant,
+    since: Duration,
 }
 
+/// The monotonic clock to a few milliseconds, without a clock read's cost: enough to time
+/// idle connections out after [`UPSTREAM_IDLE`].
+fn coarse_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) writes one timespec, which `ts` is.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Kept connections per node address: a few nodes, looked up by a linear scan.
 #[derive(Default)]
 struct Kept {
-    h1: HashMap<SocketAddr, Vec<Idle>>,
-    h2: HashMap<SocketAddr, http2::SendRequest<OutBody>>,
-    /// When idle connections of every node were last swept.
-    swept: Option<Instant>,
+    h1: Vec<(SocketAddr, Vec<Idle>)>,
+    h2: Vec<(SocketAddr, http2::SendRequest<OutBody>)>,
+    /// When idle connections of every node were last swept ([`coarse_now`]).
+    swept: Option<Duration>,
 }
 
 thread_local! {
@@ -86,22 +98,29 @@ impl Lease {
         }
         KEPT.with(|kept| {
             let mut kept = kept.borrow_mut();
-            let now = Instant::now();
+            let now = coarse_now();
             // Now and then, let go of what has been idle too long, for every node (one that
             // left the config included).
             if kept
                 .swept
-                .is_none_or(|at| now.duration_since(at) > UPSTREAM_IDLE / 5)
+                .is_none_or(|at| now.saturating_sub(at) > UPSTREAM_IDLE / 5)
             {
                 kept.swept = Some(now);
-                kept.h1.retain(|_, idle| {
+                kept.h1.retain_mut(|(_, idle)| {
                     idle.retain(|c| {
-                        now.duration_since(c.since) < UPSTREAM_IDLE && !c.sender.is_closed()
+                        now.saturating_sub(c.since) < UPSTREAM_IDLE && !c.sender.is_closed()
                     });
                     !idle.is_empty()
                 });
             }
-            let idle = kept.h1.entry(self.address).or_default();
+            let idle = match kept.h1.iter().position(|(a, _)| *a == self.address) {
+                Some(i) => &mut kept.h1[i].1,
+                None => {
+                    kept.h1.push((self.address, Vec::new()));
+                    let last = kept.h1.len() - 1;
+                    &mut kept.h1[last].1
+                }
+            };
             if idle.len() >= MAX_IDLE_PER_NODE {
                 // The oldest goes.
                 idle.remove(0);
@@ -118,9 +137,10 @@ impl Lease {
 fn take_idle(address: SocketAddr) -> Option<http1::SendRequest<OutBody>> {
     KEPT.with(|kept| {
         let mut kept = kept.borrow_mut();
-        let idle = kept.h1.get_mut(&address)?;
+        let idle = &mut kept.h1.iter_mut().find(|(a, _)| *a == address)?.1;
+        let now = coarse_now();
         while let Some(Idle { sender, since }) = idle.pop() {
-            if since.elapsed() < UPSTREAM_IDLE && !sender.is_closed() {
+            if now.saturating_sub(since) < UPSTREAM_IDLE && !sender.is_closed() {
                 return Some(sender);
             }
         }
@@ -130,7 +150,13 @@ fn take_idle(address: SocketAddr) -> Option<http1::SendRequest<OutBody>> {
 
 /// Idle connections to `address` kept by this thread (for tests).
 pub fn idle_here(address: SocketAddr) -> usize {
-    KEPT.with(|kept| kept.borrow().h1.get(&address).map_or(0, Vec::len))
+    KEPT.with(|kept| {
+        kept.borrow()
+            .h1
+            .iter()
+            .find(|(a, _)| *a == address)
+            .map_or(0, |(_, idle)| idle.len())
+    })
 }
 
 async fn connect(address: SocketAddr, timeout: Duration) -> io::Result<TokioIo<TcpStream>> {
@@ -141,9 +167,18 @@ async fn connect(address: SocketAddr, timeout: Duration) -> io::Result<TokioIo<T
     Ok(TokioIo::new(stream))
 }
 
+/// A new HTTP/1.1 connection to `address` for a WebSocket upgrade, its task running: once
+/// the node answers 101, hyper hands the connection over.
+pub async fn connect_upgradable(
+    address: SocketAddr,
+    timeout: Duration,
+) -> io::Result<http1::SendRequest<OutBody>> {
+    connect_h1(address, timeout, true).await
+}
+
 /// A new HTTP/1.1 connection to `address`, its task running; `upgrades`: it can carry a
 /// WebSocket upgrade.
-pub async fn connect_h1(
+async fn connect_h1(
     address: SocketAddr,
     timeout: Duration,
     upgrades: bool,
@@ -224,7 +259,10 @@ pub async fn send_h2(
     for fresh in [false, true] {
         let kept = KEPT.with(|kept| {
             let kept = kept.borrow();
-            kept.h2.get(&address).filter(|s| !s.is_closed()).cloned()
+            kept.h2
+                .iter()
+                .find(|(a, s)| *a == address && !s.is_closed())
+                .map(|(_, s)| s.clone())
         });
         let mut sender = match kept {
             Some(sender) if !fresh => sender,
@@ -245,7 +283,11 @@ pub async fn send_h2(
                         tracing::debug!(error = %e, "node h2c connection ended");
                     }
                 });
-                KEPT.with(|kept| kept.borrow_mut().h2.insert(address, sender.clone()));
+                KEPT.with(|kept| {
+                    let mut kept = kept.borrow_mut();
+                    kept.h2.retain(|(a, _)| *a != address);
+                    kept.h2.push((address, sender.clone()));
+                });
                 sender
             }
         };

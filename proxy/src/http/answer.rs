@@ -228,7 +228,9 @@ impl Books {
     /// The answer's head is `status`.
     pub fn answered(&mut self, status: StatusCode) {
         self.status = status.as_u16();
-        self.answered = Some(Instant::now());
+        if self.route == Route::WebSocket {
+            self.answered = Some(Instant::now());
+        }
     }
 
     /// The snapshot the request is served with.
@@ -274,11 +276,9 @@ impl Drop for Books {
         if player.h2 {
             player.conn.stream_closed();
         } else if self.next_request {
-            // The latest config's deadlines for the next head.
-            let snapshot = player.shared.snapshot();
             player
                 .conn
-                .request_done(Deadlines::of(&snapshot.config.timeouts));
+                .request_done(Deadlines::of(&self.snapshot.config.timeouts), now.into());
         }
     }
 }

@@ -44,40 +44,53 @@ pub fn admit(parts: &Parts, h2: bool) -> Result<BodyLength, StatusCode> {
     if target > MAX_HEAD_BYTES {
         return Err(StatusCode::URI_TOO_LONG);
     }
-    let head = parts.method.as_str().len()
-        + target
-        + parts
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
-            .sum::<usize>();
+    // One pass over the headers: the head's size, and the fields that frame or route it.
+    let mut head = parts.method.as_str().len() + target;
+    let (mut hosts, mut authorizations, mut codings, mut lengths) = (0u32, 0u32, 0u32, 0u32);
+    for (name, value) in &parts.headers {
+        head += name.as_str().len() + value.len() + 4;
+        if name == HOST {
+            hosts += 1;
+        } else if name == AUTHORIZATION {
+            authorizations += 1;
+        } else if name == TRANSFER_ENCODING {
+            codings += 1;
+        } else if name == CONTENT_LENGTH {
+            lengths += 1;
+        }
+    }
     if head > MAX_HEAD_BYTES {
         return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     }
     // RFC 9112 §3.2: an HTTP/1.1 request has one Host, of valid form; none repeats it.
-    let mut hosts = parts.headers.get_all(HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (_, Some(_)) => return Err(StatusCode::BAD_REQUEST),
-        (None, None) if parts.version == Version::HTTP_11 => return Err(StatusCode::BAD_REQUEST),
-        (Some(host), None) if !valid_host(host) => return Err(StatusCode::BAD_REQUEST),
-        _ => {}
+    match hosts {
+        0 if parts.version == Version::HTTP_11 => return Err(StatusCode::BAD_REQUEST),
+        0 => {}
+        1 if parts.headers.get(HOST).is_some_and(valid_host) => {}
+        _ => return Err(StatusCode::BAD_REQUEST),
     }
     // Nakama reads the first Authorization, the edge's limits would read one too: no
     // request may make them read different ones.
-    let mut authorizations = parts.headers.get_all(AUTHORIZATION).iter();
-    if authorizations.next().is_some() && authorizations.next().is_some() {
+    if authorizations > 1 {
         return Err(StatusCode::BAD_REQUEST);
     }
-    let mut codings = parts.headers.get_all(TRANSFER_ENCODING).iter();
-    if let Some(coding) = codings.next() {
+    if codings > 0 {
         // Only `chunked` alone: the edge does not decode other transfer codings, and a body
         // must reach the node as the edge read it.
-        if h2 || codings.next().is_some() || !coding.as_bytes().eq_ignore_ascii_case(b"chunked") {
+        let chunked = parts
+            .headers
+            .get(TRANSFER_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+        if h2 || codings > 1 || !chunked {
             return Err(StatusCode::BAD_REQUEST);
         }
         return Ok(BodyLength::Chunked);
     }
-    let length = content_length(parts)?;
+    let length = if lengths == 0 {
+        0
+    } else {
+        content_length(parts)?
+    };
     if length > MAX_BODY_BYTES {
         return Err(StatusCode::PAYLOAD_TOO_LARGE);
     }
@@ -102,12 +115,47 @@ fn content_length(parts: &Parts) -> Result<u64, StatusCode> {
     Ok(length.unwrap_or(0))
 }
 
-/// A `Host` value: empty, or an authority (`host[:port]`, no user info).
+/// A `Host` value: empty, or `host[:port]` (RFC 3986 §3.2.2: a reg-name or an IP literal,
+/// no user info), by the characters it may hold.
 fn valid_host(value: &HeaderValue) -> bool {
     let bytes = value.as_bytes();
-    bytes.is_empty()
-        || (!bytes.contains(&b'@')
-            && http::uri::Authority::try_from(bytes).is_ok_and(|a| !a.host().is_empty()))
+    let (host, port) = match bytes.iter().rposition(|&b| b == b':') {
+        // An IPv6 literal's colons are inside its brackets.
+        Some(at) if !bytes[at..].contains(&b']') => (&bytes[..at], Some(&bytes[at + 1..])),
+        _ => (bytes, None),
+    };
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    let host_ok = match host {
+        [] => bytes.is_empty(),
+        [b'[', literal @ .., b']'] => {
+            !literal.is_empty()
+                && literal
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        }
+        name => name.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        }),
+    };
+    host_ok && port_ok
 }
 
 /// What a request becomes on its way to a node.
@@ -249,6 +297,28 @@ mod tests {
             Err(StatusCode::BAD_REQUEST)
         );
         assert_eq!(admit(&h1(&[("host", "")]), false), Ok(BodyLength::Known(0)));
+        for good in [
+            "a:80",
+            "play.example.com",
+            "[::1]:8443",
+            "127.0.0.1:7350",
+            "xn--bcher-kva.ch",
+        ] {
+            assert_eq!(
+                admit(&h1(&[("host", good)]), false),
+                Ok(BodyLength::Known(0)),
+                "{good}"
+            );
+        }
+        for bad in [
+            ":80", "a:8x", "a:123456", "[]", "[::1", "a/b", "a\\b", "[zz]:1",
+        ] {
+            assert_eq!(
+                admit(&h1(&[("host", bad)]), false),
+                Err(StatusCode::BAD_REQUEST),
+                "{bad}"
+            );
+        }
         assert_eq!(
             admit(&parts(Version::HTTP_10, "/", &[]), false),
             Ok(BodyLength::Known(0)),

@@ -82,16 +82,18 @@ pub(super) async fn open(
         books.node = Some(i);
         let node = &snapshot.pool.nodes[i];
         books.in_flight = Some(node.runtime.start_request());
-        let mut sender =
-            match crate::upstream::connect_h1(node.config.address, timeouts.upstream_connect, true)
-                .await
-            {
-                Ok(sender) => sender,
-                Err(e) => {
-                    connect_failed(shared, node, &e);
-                    continue;
-                }
-            };
+        let mut sender = match crate::upstream::connect_upgradable(
+            node.config.address,
+            timeouts.upstream_connect,
+        )
+        .await
+        {
+            Ok(sender) => sender,
+            Err(e) => {
+                connect_failed(shared, node, &e);
+                continue;
+            }
+        };
         let mut request = Request::new(Full::new(Bytes::new()));
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = parts.uri.clone();
