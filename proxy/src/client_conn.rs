@@ -224,10 +224,10 @@ impl HeadEnd {
 }
 
 /// How often an HTTP/1.x connection looks at its phase while a request is proxied: as often
-/// as the shortest deadline of the next phase.
+/// as the idle deadline that follows an answer (a pipelined head's shorter one needs no look:
+/// hyper reads the pipelined bytes it holds, and the head deadline is set then).
 fn look(state: &ConnState) -> Duration {
-    let ms = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    Duration::from_millis(ms(&state.request_header_ms).min(ms(&state.http_idle_ms)))
+    Duration::from_millis(state.http_idle_ms.load(Ordering::Relaxed))
 }
 
 /// What the request path and the connection share: the phase and the stream offsets that
@@ -542,16 +542,20 @@ impl ClientConn {
     ///
     /// While an HTTP/1.x request is proxied the timer is armed too, with no deadline behind
     /// it: hyper reads during a request (to notice a client leaving) and may not read again
-    /// once the answer is out, so a timer must wake it to begin the idle or head deadline.
-    /// That look keeps whatever the timer was last armed for (moving a timer earlier is
-    /// what costs, a lock and the wheel), as the next phase's deadline is never earlier: the
-    /// idle and head deadlines begin when the answer ends.
+    /// once the answer is out, so a timer must wake it to begin the idle deadline. That look
+    /// keeps a timer already armed to fire by then (moving a timer earlier is what costs, a
+    /// lock and the wheel): the idle deadline of the last answer always does.
     fn check_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         let phase = self.sync_phase();
         let Some((deadline, strict)) = self.deadline(phase) else {
             return Ok(());
         };
-        if (strict && self.timer_at != Some(deadline)) || self.timer_at.is_none() {
+        let rearm = if strict {
+            self.timer_at != Some(deadline)
+        } else {
+            self.timer_at.is_none_or(|at| at > deadline)
+        };
+        if rearm {
             self.timer.as_mut().reset(deadline);
             self.timer_at = Some(deadline);
             self.timer_polled = false;
@@ -858,6 +862,50 @@ mod tests {
         assert!(
             waited >= Duration::from_secs(9) && waited <= Duration::from_secs(11),
             "{waited:?}"
+        );
+    }
+
+    /// A waker that notes when it was woken.
+    struct Woken(std::sync::Mutex<Option<Instant>>);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            let mut at = self.0.lock().unwrap();
+            at.get_or_insert_with(Instant::now);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_deadline_holds_when_nothing_reads_after_the_answer() {
+        // http_idle (1 s) shorter than request_header (10 s): the timer armed for the first
+        // head must not be what ends an idle connection.
+        let (mut conn, mut client) = pair(deadlines(10, 1)).await;
+        let state = conn.state().clone();
+        let mut buf = [0u8; 64];
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(conn.read(&mut buf).await.unwrap(), 18);
+        state.start_request(Some(0));
+        // hyper reads during a request, to notice a client leaving, and is left waiting...
+        let woken = Arc::new(Woken(std::sync::Mutex::new(None)));
+        let waker = std::task::Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let read = conn.read(&mut buf);
+        tokio::pin!(read);
+        assert!(read.as_mut().poll(&mut cx).is_pending());
+        // ...and reads again only when woken, once the answer is out.
+        state.request_done(deadlines(10, 1), Instant::now());
+        let answered = Instant::now();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let at = woken.0.lock().unwrap().expect("the connection was woken");
+        assert!(
+            at - answered <= Duration::from_secs(2),
+            "{:?}",
+            at - answered
+        );
+        let ended = read.as_mut().poll(&mut cx);
+        assert!(
+            matches!(&ended, Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::TimedOut),
+            "{ended:?}"
         );
     }
 

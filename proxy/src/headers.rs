@@ -162,30 +162,16 @@ fn connection_names_others(headers: &HeaderMap) -> bool {
     })
 }
 
-/// Headers removed per pass; a message with more to remove takes more passes.
-const PER_PASS: usize = 16;
-
-/// Remove every header of `headers` (but `Connection` itself) that `doomed` says must go, in
-/// as few passes as it takes: one, with nothing or little to remove.
+/// Remove every header of `headers` (but `Connection` itself) that `doomed` says must go. The
+/// usual message has nothing or one or two to remove: a look over the names, then one removal
+/// per name found (each removal may move the names, so the look starts again).
 fn remove_doomed(headers: &mut HeaderMap, doomed: impl Fn(&HeaderMap, &HeaderName) -> bool) {
-    loop {
-        let mut names: [Option<HeaderName>; PER_PASS] = Default::default();
-        let mut n = 0;
-        for name in headers.keys() {
-            if name != CONNECTION && doomed(headers, name) {
-                names[n] = Some(name.clone());
-                n += 1;
-                if n == PER_PASS {
-                    break;
-                }
-            }
-        }
-        for name in names.iter().flatten() {
-            headers.remove(name);
-        }
-        if n < PER_PASS {
-            return;
-        }
+    while let Some(name) = headers
+        .keys()
+        .find(|name| *name != CONNECTION && doomed(headers, name))
+        .cloned()
+    {
+        headers.remove(&name);
     }
 }
 

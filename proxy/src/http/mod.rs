@@ -135,9 +135,11 @@ pub(crate) async fn serve(
         conn: state.clone(),
     });
     let metrics_player = player.clone();
+    // The request's future is a few KiB of state: boxed once, every later move (into hyper's
+    // dispatcher, into an HTTP/2 stream's task) is a pointer's.
     let service = service_fn(move |req| {
-        let player = player.clone();
-        async move { Ok::<_, Infallible>(request::handle(player, req).await) }
+        let answer = Box::pin(request::handle(player.clone(), req));
+        async move { Ok::<_, Infallible>(answer.await) }
     });
     let io = TokioIo::new(conn);
     let ended = if h2 {
