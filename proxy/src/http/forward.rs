@@ -71,11 +71,13 @@ pub(super) async fn to_node(
             _ => pool.pick_round_robin(tried),
         };
         let Some(i) = picked else {
-            return refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                then(player, Then::KeepAlive),
-                books,
-            );
+            // None routable: 503; none left after one failed: that failure's 502.
+            let status = if books.node.is_some() {
+                StatusCode::BAD_GATEWAY
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            return refusal(status, then(player, Then::KeepAlive), books);
         };
         tried.insert(i);
         let node = &pool.nodes[i];

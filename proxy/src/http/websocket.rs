@@ -72,11 +72,13 @@ pub(super) async fn open(
             shared.metrics.upstream_retry(&last.config.name);
         }
         let Some(i) = snapshot.pool.pick_sticky(key.as_bytes(), tried) else {
-            return refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                then(player, Then::KeepAlive),
-                books,
-            );
+            // None routable: 503; none left after one failed: 502.
+            let status = if books.node.is_some() {
+                StatusCode::BAD_GATEWAY
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            return refusal(status, then(player, Then::KeepAlive), books);
         };
         tried.insert(i);
         books.node = Some(i);

@@ -8,6 +8,8 @@
 pub mod dns;
 pub mod pebble;
 pub mod postgres;
+pub mod raw;
+pub mod raw_node;
 pub use postgres::free_port;
 
 use std::future::Future;
@@ -70,8 +72,12 @@ impl Drop for TempDir {
     }
 }
 
+/// The edge under test: this build's, or `NAKAMA_EDGE_BIN` (to run a suite against another
+/// build, e.g. an older one, to see what it catches).
 pub fn edge_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_nakama-edge"))
+    std::env::var_os("NAKAMA_EDGE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nakama-edge")))
 }
 
 /// The stand-in node's binary, built (or found up to date) once per test process:
@@ -509,16 +515,22 @@ impl Edge {
         } else {
             TEST_RATE_LIMIT
         };
-        // A test's own `grace_period = "..."` line goes in [server], instead of the 1 s here.
+        // A test's own `grace_period = "..."` line goes in [server], instead of the 1 s here;
+        // its `http_redirect = ...` in [listeners].
         let grace = |l: &&str| l.starts_with("grace_period =");
         let grace_period = sections
             .lines()
             .find(grace)
             .unwrap_or("grace_period = \"1s\"");
-        let sections: Vec<&str> = sections.lines().filter(|l| !grace(l)).collect();
+        let redirect = |l: &&str| l.starts_with("http_redirect =");
+        let http_redirect = sections.lines().find(redirect).unwrap_or("");
+        let sections: Vec<&str> = sections
+            .lines()
+            .filter(|l| !grace(l) && !redirect(l))
+            .collect();
         let sections = sections.join("\n");
         format!(
-            "[server]\nthreads = 1\n{grace_period}\nupgrade_socket = \"{upgrade}\"\nstate_dir = \"{state}\"\n\n[listeners]\nhttps = \"{}\"\nhttp = \"{}\"\nadmin = \"{}\"\n{console}\n\
+            "[server]\nthreads = 1\n{grace_period}\nupgrade_socket = \"{upgrade}\"\nstate_dir = \"{state}\"\n\n[listeners]\nhttps = \"{}\"\nhttp = \"{}\"\nadmin = \"{}\"\n{http_redirect}\n{console}\n\
              {tls}\n{health}\n{limits}\n{log}\n{sections}\n\n{nodes}",
             self.https, self.http, self.admin,
             upgrade = self.upgrade_socket().display(),

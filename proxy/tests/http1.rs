@@ -1,144 +1,13 @@
-//! The HTTP/1.1 API path (`h1_api`), as a player's client sees it on one TLS connection:
-//! keep-alive, pipelining, chunked answers, HEAD, `Connection: close`, requests it hands to
-//! pingora's path mid-connection, and nodes restarted behind pooled connections.
+//! HTTP/1.1 as a player's client sees it on one TLS connection: keep-alive, pipelining,
+//! chunked answers, HEAD, `Connection: close`, chunked request bodies and refused framing
+//! mid-connection, nodes restarted behind kept connections, a silent node.
 
 mod support;
 
 use std::time::Duration;
 
-use serde_json::Value;
+use support::raw::Raw;
 use support::*;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-/// One response as read off the wire.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// What the stand-in saw of the request (`whoami`).
-    fn seen(&self) -> Value {
-        let v: Value = serde_json::from_slice(&self.body).unwrap();
-        serde_json::from_str(v["payload"].as_str().unwrap()).unwrap()
-    }
-}
-
-/// A raw HTTP/1.1 client connection: requests written as given, answers parsed here.
-struct Raw<S> {
-    stream: S,
-    buf: Vec<u8>,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
-    fn new(stream: S) -> Self {
-        Raw {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-        self.stream.flush().await.unwrap();
-    }
-
-    async fn fill(&mut self) -> usize {
-        let mut chunk = [0u8; 16384];
-        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
-            .await
-            .expect("an answer within 10 s")
-            .unwrap_or(0);
-        self.buf.extend_from_slice(&chunk[..n]);
-        n
-    }
-
-    /// The next answer; `head_request`: it has no body whatever its head says.
-    async fn answer_to(&mut self, head_request: bool) -> Answer {
-        let (status, headers, len) = loop {
-            let mut h = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut h);
-            if let httparse::Status::Complete(len) = resp.parse(&self.buf).unwrap() {
-                let headers = resp
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect::<Vec<_>>();
-                break (resp.code.unwrap(), headers, len);
-            }
-            assert!(self.fill().await > 0, "closed before an answer");
-        };
-        self.buf.drain(..len);
-        let mut answer = Answer {
-            status,
-            headers,
-            body: Vec::new(),
-        };
-        if head_request {
-            return answer;
-        }
-        if answer
-            .header("transfer-encoding")
-            .is_some_and(|v| v.contains("chunked"))
-        {
-            loop {
-                let line_end = loop {
-                    if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                        break i;
-                    }
-                    assert!(self.fill().await > 0, "closed mid-chunk");
-                };
-                let size = usize::from_str_radix(
-                    std::str::from_utf8(&self.buf[..line_end]).unwrap().trim(),
-                    16,
-                )
-                .unwrap();
-                while self.buf.len() < line_end + 2 + size + 2 {
-                    assert!(self.fill().await > 0, "closed mid-chunk");
-                }
-                answer
-                    .body
-                    .extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
-                self.buf.drain(..line_end + 2 + size + 2);
-                if size == 0 {
-                    return answer;
-                }
-            }
-        }
-        let length: usize = answer
-            .header("content-length")
-            .map(|v| v.parse().unwrap())
-            .unwrap_or(0);
-        while self.buf.len() < length {
-            assert!(self.fill().await > 0, "closed mid-body");
-        }
-        answer.body = self.buf.drain(..length).collect();
-        answer
-    }
-
-    async fn answer(&mut self) -> Answer {
-        self.answer_to(false).await
-    }
-
-    /// Whether the edge has closed the connection (EOF, nothing more), within 10 s.
-    async fn closed(&mut self) -> bool {
-        self.buf.is_empty() && self.fill().await == 0
-    }
-}
 
 fn whoami(extra: &str) -> String {
     format!("GET /v2/rpc/whoami?http_key=defaulthttpkey HTTP/1.1\r\nhost: localhost\r\n{extra}\r\n")
@@ -218,7 +87,7 @@ async fn one_keep_alive_connection_goes_round_robin_with_the_edges_forwarded_hea
         assert!(a.header(gone).is_none(), "{gone} reached the player: {a:?}");
     }
 
-    // Counted per status code and node, as pingora's path counts.
+    // Counted per status code and node.
     let metrics = edge.metrics().await;
     let served: f64 = metrics
         .lines()
@@ -296,12 +165,12 @@ async fn head_answers_have_no_body_and_connection_close_closes() {
 }
 
 #[tokio::test]
-async fn requests_for_pingoras_path_work_mid_connection() {
+async fn chunked_bodies_and_refused_framing_mid_connection() {
     let (_nodes, edge) = edge_of(&["a"]).await;
     let mut conn = raw_h1(&edge, "127.0.0.1").await;
     conn.send(whoami("").as_bytes()).await;
     assert_eq!(conn.answer().await.status, 200);
-    // A chunked request body: pingora's path reads it first, as before.
+    // A chunked request body: read first, then sent to the node with its length.
     conn.send(
         b"POST /v2/rpc/whoami?http_key=defaulthttpkey HTTP/1.1\r\nhost: localhost\r\n\
           transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
@@ -312,7 +181,7 @@ async fn requests_for_pingoras_path_work_mid_connection() {
     assert_eq!(a.seen()["body_bytes"], 5);
     conn.send(whoami("").as_bytes()).await;
     assert_eq!(conn.answer().await.status, 200);
-    // Framing that cannot be trusted is refused there, and the connection closes.
+    // Framing that cannot be trusted is refused, and the connection closes.
     conn.send(
         b"POST /v2/rpc/whoami HTTP/1.1\r\nhost: localhost\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
     )
@@ -392,7 +261,7 @@ async fn a_node_silent_past_upstream_read_gets_504_and_the_request_goes_nowhere_
     assert_eq!(requests().await, before + 1, "not sent to the other node");
     conn.send(whoami("").as_bytes()).await;
     assert_eq!(conn.answer().await.status, 200);
-    // Pingora's path (HTTP/2): the same.
+    // HTTP/2: the same.
     let h2 = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(edge.certs.ca_pem.as_bytes()).unwrap())
         .tls_built_in_root_certs(false)
