@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 seconds="${1:-30}"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-for target in config session_token proxy_header route ws_frames upgrade_answer h1_request h1_response; do
+for target in config session_token proxy_header route ws_frames head_end head_rules; do
   mkdir -p "$scratch/$target"
   RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "$scratch/$target" "corpus/$target" -- \
     -max_total_time="$seconds" -rss_limit_mb=4096

@@ -8,14 +8,19 @@ fuzz_target!(|data: &[u8]| {
     let mut lines = text.split('\n');
     let method = lines.next().unwrap_or("GET");
     let path = lines.next().unwrap_or("/");
-    let Ok(mut req) = pingora_http::RequestHeader::build(method, path.as_bytes(), None) else { return };
+    let mut req = http::Request::builder().method(method).uri(path);
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
-            let _ = req.insert_header(name.trim().to_string(), value.trim());
+            req = req.header(name.trim(), value.trim());
         }
     }
-    for listener in [Listener::Https, Listener::Http, Listener::Console] {
-        let _ = classify(&req, listener, true, "/ws");
-        let _ = classify(&req, listener, false, "/ws");
+    let Ok(req) = req.body(()) else { return };
+    let (mut parts, ()) = req.into_parts();
+    for version in [http::Version::HTTP_11, http::Version::HTTP_2] {
+        parts.version = version;
+        for listener in [Listener::Https, Listener::Http, Listener::Console] {
+            let _ = classify(&parts, listener, true, "/ws");
+            let _ = classify(&parts, listener, false, "/ws");
+        }
     }
 });
