@@ -11,6 +11,8 @@
 #   - HTTP/1.1 keep-alive requests: wrk, $CONNS connections, $DURATION seconds, over plain TCP
 #     and over TLS: requests per second, p50 and p99 latency, and the proxy's CPU time per
 #     request (from /proc/PID/stat, so the figure does not depend on the load core keeping up);
+#   - HTTP/2 over TLS (browsers' nakama-js): h2load, $H2_CONNS connections with $H2_STREAMS
+#     streams each, $DURATION seconds: requests per second and the proxy's CPU time per request;
 #   - full TLS handshakes (ECDSA P-256 certificate, X25519, no resumption, `edge-load
 #     handshakes`): per second, and the proxy's CPU time per handshake;
 #   - WSS echo (`edge-load ws-echo`): $ECHO_SOCKETS sockets each sending a 64-byte realtime
@@ -32,6 +34,8 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
+H2_CONNS=${H2_CONNS:-64}
+H2_STREAMS=${H2_STREAMS:-4}
 # The hard limit on open files here is 20,000; the proxy holds two per proxied WebSocket.
 WS_COUNTS=${WS_COUNTS:-2000,9800}
 ECHO_SOCKETS=${ECHO_SOCKETS:-1000}
@@ -45,6 +49,7 @@ need=()
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 command -v curl >/dev/null 2>&1 || need+=(curl)
@@ -123,6 +128,20 @@ keepalive() {
   [ -z "$errors" ] || echo "$name $label: $errors" >&2
 }
 
+# h2 NAME PID URL: HTTP/2 requests over TLS (h2load), and the proxy's CPU time per request.
+h2() {
+  local name=$1 pid=$2 url=$3 t0 t1 out reqs failed
+  t0=$(ticks "$pid")
+  out=$(taskset -c $LOAD_CPU h2load -c"$H2_CONNS" -m"$H2_STREAMS" -t1 -D "$DURATION" "$url")
+  t1=$(ticks "$pid")
+  reqs=$(awk '/^requests:/ {print $8}' <<<"$out")
+  failed=$(awk '/^requests:/ {print $10}' <<<"$out")
+  row "$name" "h2 req/s" "$(awk '/^finished in/ {printf "%d", $4}' <<<"$out")"
+  row "$name" "h2 CPU/request" "$(awk -v d=$((t1 - t0)) -v n="$reqs" -v hz="$HZ" \
+    'BEGIN {printf "%.1f µs", d * 1e6 / hz / n}')"
+  [ "$failed" = 0 ] || echo "$name h2: $failed requests failed" >&2
+}
+
 # handshakes NAME PID ADDR
 handshakes() {
   local name=$1 pid=$2 addr=$3 t0 t1 out
@@ -193,6 +212,7 @@ measure() {
   wsmem "$name" "$pid" "wss://127.0.0.1:$https/ws"
   keepalive "$name" "$pid" "http://127.0.0.1:$http/healthcheck" "TCP"
   keepalive "$name" "$pid" "https://127.0.0.1:$https/healthcheck" "TLS"
+  h2 "$name" "$pid" "https://127.0.0.1:$https/healthcheck"
   handshakes "$name" "$pid" "127.0.0.1:$https"
   wsecho "$name" "$pid" "wss://127.0.0.1:$https/ws"
   stop "$pid"
@@ -254,6 +274,7 @@ else
   wait_ok "https://127.0.0.1:18443/healthcheck"
   keepalive "$name" "$started" "http://127.0.0.1:18080/healthcheck" "TCP"
   keepalive "$name" "$started" "https://127.0.0.1:18443/healthcheck" "TLS"
+  h2 "$name" "$started" "https://127.0.0.1:18443/healthcheck"
   stop "$started"
 fi
 }
@@ -277,7 +298,7 @@ defaults
   timeout tunnel 1h
 frontend players
   bind 127.0.0.1:28080
-  bind 127.0.0.1:28443 ssl crt $work/haproxy.pem alpn http/1.1
+  bind 127.0.0.1:28443 ssl crt $work/haproxy.pem alpn h2,http/1.1
   option forwardfor
   default_backend nodes
 backend nodes
@@ -312,7 +333,7 @@ http {
   map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
   server {
     listen 127.0.0.1:29080;
-    listen 127.0.0.1:29443 ssl;
+    listen 127.0.0.1:29443 ssl http2;
     ssl_certificate $work/cert.pem;
     ssl_certificate_key $work/key.pem;
     location / {

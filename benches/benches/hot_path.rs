@@ -182,7 +182,7 @@ fn heads(c: &mut Criterion) {
         "head rules: the node's head from a browser's request (10 headers, Connection)",
         |b| {
             b.iter_batched(
-                || browser_request(),
+                browser_request,
                 |mut r| {
                     let _ = for_node(&mut r, Toward::Http1(Keep::default()), &xff, "https");
                     r

@@ -45,9 +45,9 @@ pub const MAX_IDLE_PER_NODE: usize = 256;
 #[derive(Debug)]
 pub enum Failure {
     /// No connection: nothing reached the node. The request comes back.
-    Refused(io::Error, Request<OutBody>),
+    Refused(io::Error, Box<Request<OutBody>>),
     /// The request never left (a kept connection was found closed): it may go anywhere.
-    Unsent(Request<OutBody>),
+    Unsent(Box<Request<OutBody>>),
     /// The request may have reached the node.
     Failed(hyper::Error),
     /// No answer head within `timeouts.upstream_read`: the node may still be working on it.
@@ -209,7 +209,7 @@ async fn connect_h1(
 /// the answer's body once it has ended whole.
 pub async fn send_h1(
     address: SocketAddr,
-    mut request: Request<OutBody>,
+    mut request: Box<Request<OutBody>>,
     connect_timeout: Duration,
     read_timeout: Duration,
 ) -> Result<(Response<Incoming>, Lease), Failure> {
@@ -224,7 +224,8 @@ pub async fn send_h1(
             Err(other) => return Err(other),
         }
     }
-    let mut sender = match connect_h1(address, connect_timeout, false).await {
+    // Boxed: a handshake's state is large, and a kept connection, the usual case, needs none.
+    let mut sender = match Box::pin(connect_h1(address, connect_timeout, false)).await {
         Ok(sender) => sender,
         Err(e) => return Err(Failure::Refused(e, request)),
     };
@@ -234,13 +235,13 @@ pub async fn send_h1(
 
 async fn exchange(
     sender: &mut http1::SendRequest<OutBody>,
-    request: Request<OutBody>,
+    request: Box<Request<OutBody>>,
     read_timeout: Duration,
 ) -> Result<Response<Incoming>, Failure> {
-    match tokio::time::timeout(read_timeout, sender.try_send_request(request)).await {
+    match tokio::time::timeout(read_timeout, sender.try_send_request(*request)).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(mut e)) => match e.take_message() {
-            Some(request) => Err(Failure::Unsent(request)),
+            Some(request) => Err(Failure::Unsent(Box::new(request))),
             None => Err(Failure::Failed(e.into_error())),
         },
         // Dropping the request's future closes its connection.
@@ -252,7 +253,7 @@ async fn exchange(
 /// when there is none, or it has closed).
 pub async fn send_h2(
     address: SocketAddr,
-    mut request: Request<OutBody>,
+    mut request: Box<Request<OutBody>>,
     connect_timeout: Duration,
     read_timeout: Duration,
 ) -> Result<Response<Incoming>, Failure> {
@@ -294,11 +295,11 @@ pub async fn send_h2(
         if sender.ready().await.is_err() {
             continue;
         }
-        let sent = tokio::time::timeout(read_timeout, sender.try_send_request(request)).await;
+        let sent = tokio::time::timeout(read_timeout, sender.try_send_request(*request)).await;
         match sent {
             Ok(Ok(response)) => return Ok(response),
             Ok(Err(mut e)) => match e.take_message() {
-                Some(back) => request = back,
+                Some(back) => request = Box::new(back),
                 None => return Err(Failure::Failed(e.into_error())),
             },
             Err(_) => return Err(Failure::Silent),

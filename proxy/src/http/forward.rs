@@ -17,6 +17,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
+use hyper::body::Incoming;
 
 use super::answer::{refusal, Answer, Books, Then};
 use super::head::{for_node, for_player, Toward};
@@ -37,31 +38,39 @@ pub(super) async fn to_node(
     login: Option<u64>,
     mut books: Books,
 ) -> Response<Answer> {
-    let route = books.route;
-    let toward = match route {
+    let toward = match books.route {
         Route::Grpc => Toward::H2c,
         _ => Toward::Http1(Keep::default()),
     };
     if let Err(status) = for_node(&mut parts, toward, &player.forwarded_for, player.proto()) {
         return refusal(status, Then::Close, books);
     }
+    let head_request = parts.method == Method::HEAD;
+    // Boxed: the request goes down through a few futures, and a box moves as a pointer.
+    let request = Box::new(Request::from_parts(parts, Full::new(body)));
+    match send(player, &mut books, request).await {
+        Ok((response, lease)) => relay(player, response, lease, head_request, login, books),
+        Err(status) => refusal(status, then(player, Then::KeepAlive), books),
+    }
+}
+
+/// The answer to `request` of the first node that gives one, within the rules of the module
+/// doc; `Err`: the status the player gets instead. `books` learns the node and holds its
+/// in-flight count.
+async fn send(
+    player: &Player,
+    books: &mut Books,
+    mut request: Box<Request<OutBody>>,
+) -> Result<(Response<Incoming>, Option<upstream::Lease>), StatusCode> {
     let snapshot = books.snapshot().clone();
+    let route = books.route;
     let pool = &snapshot.pool;
     let shared = &player.shared;
     let timeouts = &snapshot.config.timeouts;
-    let idempotent = parts.method.is_idempotent();
-    let head_request = parts.method == Method::HEAD;
-    let mut request = Some(Request::from_parts(parts, Full::new(body)));
+    let idempotent = request.method().is_idempotent();
     shared.retry_budget.record_request();
     let mut tried = Tried::default();
     loop {
-        let Some(outgoing) = request.take() else {
-            return refusal(
-                StatusCode::BAD_GATEWAY,
-                then(player, Then::KeepAlive),
-                books,
-            );
-        };
         if let Some(last) = books.node.and_then(|i| pool.nodes.get(i)) {
             shared.metrics.upstream_retry(&last.config.name);
         }
@@ -72,104 +81,76 @@ pub(super) async fn to_node(
         };
         let Some(i) = picked else {
             // None routable: 503; none left after one failed: that failure's 502.
-            let status = if books.node.is_some() {
+            return Err(if books.node.is_some() {
                 StatusCode::BAD_GATEWAY
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
-            };
-            return refusal(status, then(player, Then::KeepAlive), books);
+            });
         };
         tried.insert(i);
         let node = &pool.nodes[i];
         books.node = Some(i);
         books.in_flight = Some(node.runtime.start_request());
         // A copy for a retry after the node may have seen it: idempotent requests only.
-        let copy = idempotent.then(|| copy_of(&outgoing));
-        let sent = match route {
-            Route::Grpc => match node.config.grpc {
-                Some(address) => upstream::send_h2(
-                    address,
-                    outgoing,
-                    timeouts.upstream_connect,
-                    timeouts.upstream_read,
-                )
-                .await
-                .map(|r| (r, None)),
-                None => Err(Failure::Unsent(outgoing)),
-            },
-            _ => {
-                let address = match route {
-                    Route::Console => node.config.console,
-                    _ => Some(node.config.address),
-                };
-                match address {
-                    Some(address) => upstream::send_h1(
-                        address,
-                        outgoing,
-                        timeouts.upstream_connect,
-                        timeouts.upstream_read,
-                    )
-                    .await
-                    .map(|(r, lease)| (r, Some(lease))),
-                    None => Err(Failure::Unsent(outgoing)),
-                }
-            }
+        let copy = idempotent.then(|| copy_of(&request));
+        let address = match route {
+            Route::Grpc => node.config.grpc,
+            Route::Console => node.config.console,
+            _ => Some(node.config.address),
         };
-        let failure = match sent {
-            Ok((response, lease)) => {
-                return relay(player, response, lease, head_request, login, books);
-            }
-            Err(failure) => failure,
+        let sent = match (route, address) {
+            (_, None) => Err(Failure::Unsent(request)),
+            // Boxed: an h2c exchange's state is large, and every request's future would
+            // carry it.
+            (Route::Grpc, Some(address)) => Box::pin(upstream::send_h2(
+                address,
+                request,
+                timeouts.upstream_connect,
+                timeouts.upstream_read,
+            ))
+            .await
+            .map(|r| (r, None)),
+            (_, Some(address)) => upstream::send_h1(
+                address,
+                request,
+                timeouts.upstream_connect,
+                timeouts.upstream_read,
+            )
+            .await
+            .map(|(r, lease)| (r, Some(lease))),
         };
-        match failure {
-            Failure::Refused(e, back) => {
+        let back = match sent {
+            Ok(answer) => return Ok(answer),
+            Err(Failure::Refused(e, back)) => {
                 connect_failed(shared, node, &e);
                 // Nothing reached the node: any request may go to another one.
-                if within_retry_budget(shared) {
-                    request = Some(back);
-                    continue;
-                }
+                Some(back)
             }
-            Failure::Unsent(back) => {
-                if within_retry_budget(shared) {
-                    request = Some(back);
-                    continue;
-                }
-            }
-            Failure::Failed(e) => {
+            Err(Failure::Unsent(back)) => Some(back),
+            Err(Failure::Failed(e)) => {
                 tracing::debug!(node = %node.config.name, error = %e, "request failed at its node");
-                if let Some(copy) = copy {
-                    if within_retry_budget(shared) {
-                        request = Some(copy);
-                        continue;
-                    }
-                }
+                copy
             }
-            Failure::Silent => {
+            Err(Failure::Silent) => {
                 tracing::debug!(node = %node.config.name, "node silent past timeouts.upstream_read");
-                return refusal(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    then(player, Then::KeepAlive),
-                    books,
-                );
+                return Err(StatusCode::GATEWAY_TIMEOUT);
             }
+        };
+        match back {
+            Some(back) if within_retry_budget(shared) => request = back,
+            _ => return Err(StatusCode::BAD_GATEWAY),
         }
-        return refusal(
-            StatusCode::BAD_GATEWAY,
-            then(player, Then::KeepAlive),
-            books,
-        );
     }
 }
 
 /// The same request again, for another node.
-fn copy_of(request: &Request<OutBody>) -> Request<OutBody> {
+fn copy_of(request: &Request<OutBody>) -> Box<Request<OutBody>> {
     let mut copy = Request::new(request.body().clone());
     *copy.method_mut() = request.method().clone();
     *copy.uri_mut() = request.uri().clone();
     *copy.version_mut() = request.version();
     *copy.headers_mut() = request.headers().clone();
-    copy
+    Box::new(copy)
 }
 
 /// The node's answer, on its way to the player.

@@ -31,15 +31,18 @@ mod request;
 mod websocket;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
-use std::pin::pin;
-use std::sync::Arc;
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use http::HeaderValue;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
 use crate::client_conn::{ClientConn, ConnState};
@@ -92,7 +95,6 @@ impl Player {
 /// The HTTP server settings of a listener, made once.
 pub struct Server {
     h1: http1::Builder,
-    h2: http2::Builder<TokioExecutor>,
 }
 
 impl Default for Server {
@@ -103,13 +105,47 @@ impl Default for Server {
             // The head and idle deadlines are the connection's (client_conn), kept apart.
             .header_read_timeout(None)
             .half_close(false);
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.max_concurrent_streams(MAX_STREAMS)
-            .max_header_list_size(MAX_HEAD_BUFFER as u32)
-            // Nakama refuses bodies over 256 KiB: a stream's window covers one at once.
-            .initial_stream_window_size(256 * 1024)
-            .initial_connection_window_size(1024 * 1024);
-        Server { h1, h2 }
+        Server { h1 }
+    }
+}
+
+/// The HTTP/2 settings of a connection whose streams run on `streams`.
+fn h2_builder(streams: Streams) -> http2::Builder<Streams> {
+    let mut h2 = http2::Builder::new(streams);
+    h2.max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEAD_BUFFER as u32)
+        // Nakama refuses bodies over 256 KiB: a stream's window covers one at once.
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(1024 * 1024);
+    h2
+}
+
+type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The HTTP/2 streams of one connection, run by the connection's own task: hyper hands each
+/// stream's future to this executor instead of spawning a task per request, whose creation,
+/// scheduling and wake-ups cost more than most of a stream's own work (BENCHMARKS.md).
+#[derive(Clone, Default)]
+struct Streams(Arc<Mutex<FuturesUnordered<StreamFuture>>>);
+
+impl<F> hyper::rt::Executor<F> for Streams
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        let streams = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        streams.push(Box::pin(stream));
+    }
+}
+
+impl Streams {
+    /// Run the streams that can go on, to their ends or until they wait: always `Pending`
+    /// (each stream wakes this task when it can go on; the connection adds the next ones in
+    /// its own poll, before this).
+    fn poll_streams(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut streams = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+        Poll::Pending
     }
 }
 
@@ -142,28 +178,36 @@ pub(crate) async fn serve(
         async move { Ok::<_, Infallible>(answer.await) }
     });
     let io = TokioIo::new(conn);
+    let streams = Streams::default();
     let ended = if h2 {
-        let conn = pin!(server.h2.serve_connection(io, service));
-        drive(conn, &mut closing, Some(&state), |c| c.graceful_shutdown()).await
+        let conn = pin!(h2_builder(streams.clone()).serve_connection(io, service));
+        drive(conn, &streams, &mut closing, Some(&state), |c| {
+            c.graceful_shutdown()
+        })
+        .await
     } else {
         let conn = pin!(server.h1.serve_connection(io, service).with_upgrades());
-        drive(conn, &mut closing, None, |c| c.graceful_shutdown()).await
+        drive(conn, &streams, &mut closing, None, |c| {
+            c.graceful_shutdown()
+        })
+        .await
     };
     if let Err(e) = ended {
         refused_by_hyper(&metrics_player, &e);
     }
 }
 
-/// Poll `conn` to its end; on `closing`, or (HTTP/2, `idle`) once no stream has been open for
-/// `http_idle`, ask it to close gracefully.
+/// Poll `conn` (and the HTTP/2 `streams` it starts) to its end; on `closing`, or (HTTP/2,
+/// `idle`) once no stream has been open for `http_idle`, ask it to close gracefully.
 async fn drive<C>(
-    mut conn: std::pin::Pin<&mut C>,
+    mut conn: Pin<&mut C>,
+    streams: &Streams,
     closing: &mut watch::Receiver<bool>,
     idle: Option<&ConnState>,
-    shutdown: impl Fn(std::pin::Pin<&mut C>),
+    shutdown: impl Fn(Pin<&mut C>),
 ) -> hyper::Result<()>
 where
-    C: std::future::Future<Output = hyper::Result<()>>,
+    C: Future<Output = hyper::Result<()>>,
 {
     let mut closed = false;
     let mut idle_check = pin!(tokio::time::sleep(
@@ -171,7 +215,10 @@ where
     ));
     loop {
         tokio::select! {
+            // The connection first: the streams it starts in a poll run in the same one.
+            biased;
             ended = conn.as_mut() => return ended,
+            () = std::future::poll_fn(|cx| streams.poll_streams(cx)) => {}
             _ = closing.changed(), if !closed => {
                 if *closing.borrow() {
                     closed = true;

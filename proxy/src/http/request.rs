@@ -81,7 +81,8 @@ pub(super) async fn handle(player: Arc<Player>, req: Request<Incoming>) -> Respo
         if unread != Then::KeepAlive {
             return refusal(StatusCode::BAD_REQUEST, unread, books);
         }
-        return websocket::open(&player, parts, books).await;
+        // Boxed: an upgrade's state is large, and every API request's future would carry it.
+        return Box::pin(websocket::open(&player, parts, books)).await;
     }
 
     // 5. The body, whole.
