@@ -25,21 +25,12 @@ static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 /// The HTTP and TLS libraries write whole request heads (query strings with session tokens
 /// and `http_key`, Authorization headers) at debug and trace: whatever level is asked for,
 /// they stay at info.
-const NO_SECRETS: &str = "pingora_core=info,pingora_proxy=info,pingora_http=info,pingora_pool=info,\
-                          pingora_rustls=info,h2=info,hyper=info,hyper_util=info,rustls=info,tungstenite=info";
-
-/// Lines the libraries write per request or per connection (a client gone mid-response or
-/// mid-handshake, a node's error answer, pingora's benign connection-pool race, issue #998), at
-/// ERROR and WARN.
-/// The access log and the metrics already show each of them, and the edge logs what an
-/// operator can act on (a node refusing connections, a node out of rotation) itself: they are
-/// off unless `log.level` names these targets again.
-const PER_REQUEST: &str = "pingora_proxy=off,pingora_core::connectors=off,pingora_core::apps=off";
+const NO_SECRETS: &str =
+    "pingora_core=info,h2=info,hyper=info,hyper_util=info,rustls=info,tungstenite=info";
 
 fn filter(log: &Log) -> EnvFilter {
     let spec = std::env::var("NAKAMA_EDGE_LOG").unwrap_or_else(|_| log.level.clone());
-    let asked = |spec: &str| EnvFilter::try_new(format!("{PER_REQUEST},{spec}"));
-    asked(&spec).unwrap_or_else(|_| asked("info").unwrap_or_else(|_| EnvFilter::new("info")))
+    EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// The second filter every line passes: [`NO_SECRETS`], whatever `log.level` asks for.
@@ -614,23 +605,14 @@ mod tests {
         }
         let subscriber = subscriber.with(Probe(hit.clone()));
         tracing::subscriber::with_default(subscriber, || match (target, level) {
-            ("pingora_proxy", tracing::Level::ERROR) => {
-                tracing::error!(target: "pingora_proxy", "Fail to proxy")
-            }
-            ("pingora_core::connectors", tracing::Level::ERROR) => {
-                tracing::error!(target: "pingora_core::connectors", "failed to acquire reusable stream")
-            }
-            ("pingora_core::apps", tracing::Level::ERROR) => {
-                tracing::error!(target: "pingora_core::apps", "H2 handshake error")
-            }
             ("pingora_core::server", tracing::Level::ERROR) => {
                 tracing::error!(target: "pingora_core::server", "cannot send the sockets")
             }
             ("nakama_edge::health_check", tracing::Level::WARN) => {
                 tracing::warn!(target: "nakama_edge::health_check", "node out")
             }
-            ("pingora_proxy", tracing::Level::DEBUG) => {
-                tracing::debug!(target: "pingora_proxy", "a request head")
+            ("h2", tracing::Level::DEBUG) => {
+                tracing::debug!(target: "h2", "a request head")
             }
             _ => unreachable!(),
         });
@@ -638,23 +620,11 @@ mod tests {
     }
 
     #[test]
-    fn per_request_library_lines_are_off_by_default_and_can_be_asked_for() {
+    fn library_lines_an_operator_acts_on_pass_and_request_heads_never_do() {
         use tracing::Level;
-        assert!(!passes("info", "pingora_proxy", Level::ERROR));
-        assert!(!passes("info", "pingora_core::connectors", Level::ERROR));
-        assert!(!passes("info", "pingora_core::apps", Level::ERROR));
         assert!(passes("info", "pingora_core::server", Level::ERROR));
         assert!(passes("info", "nakama_edge::health_check", Level::WARN));
-        assert!(passes(
-            "info,pingora_proxy=warn",
-            "pingora_proxy",
-            Level::ERROR
-        ));
         // Secrets stay out whatever is asked for.
-        assert!(!passes(
-            "debug,pingora_proxy=debug",
-            "pingora_proxy",
-            Level::DEBUG
-        ));
+        assert!(!passes("debug,h2=debug", "h2", Level::DEBUG));
     }
 }

@@ -141,7 +141,7 @@ impl TlsFailure {
         }
     }
 
-    /// The reason in a handshake error's text (pingora keeps only the text of rustls' error).
+    /// The reason in a handshake error's text (the handshake reports rustls's error as text).
     pub fn of(error_text: &str) -> TlsFailure {
         if error_text.contains("corrupt message")
             || error_text.contains("InvalidMessage")

@@ -2,7 +2,7 @@
 //! frames of the node's, instead of a bare TCP close that players see as error 1006.
 //!
 //! ```text
-//!   node ─► pingora ─► ClientConn::poll_write ─► Frames (where does a frame end?) ─► client
+//!   node ─► tunnel::splice ─► ClientConn::poll_write ─► Frames (where does a frame end?) ─► client
 //!                                         ▲
 //!   shutdown / upgrade ─► Closer::request(1001) ─┘ at the next frame boundary: close frame,
 //!                                                  then the client side reads as ended
@@ -199,8 +199,8 @@ impl OpenWebSockets {
 /// On shutdown or upgrade: HTTP/1.1 responses close their connections from now on
 /// ([`crate::state::Shared::shutting_down`]); WebSockets get their close frames over the second
 /// half of the grace period (from 50 % to 90 % of it, evenly spread), so players do not all
-/// reconnect in the same second, and none is cut by the process exiting. (Idle keep-alive
-/// connections are closed at 50 % too, by `accept::Entry::cleanup`.)
+/// reconnect in the same second, and none is cut by the process exiting. (Idle and partial
+/// keep-alive connections are closed at 50 % too, by `accept::Entry::cleanup`.)
 pub struct GracefulClose {
     shared: Arc<crate::state::Shared>,
 }

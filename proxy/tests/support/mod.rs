@@ -508,7 +508,7 @@ impl Edge {
         let log = if sections.contains("[log]") {
             ""
         } else {
-            "[log]\nlevel = \"info,pingora_core=warn,pingora_proxy=warn\"\n"
+            "[log]\nlevel = \"info,pingora_core=warn\"\n"
         };
         let limits = if sections.contains("[rate_limit]") {
             ""
@@ -683,9 +683,9 @@ impl Edge {
     }
 
     /// An HTTPS client trusting the test CA, sending from `source` (127.0.0.1 if `None`).
-    /// It speaks HTTP/1.1, as most game clients do (Unity, .NET, Godot, nakama-js under Node),
-    /// which the edge carries on its own API path; with `NAKAMA_EDGE_TEST_HTTP=2` it offers
-    /// h2 instead, which pingora's path carries: the suite runs over either.
+    /// It speaks HTTP/1.1, as most game clients do (Unity, .NET, Godot, nakama-js under Node);
+    /// with `NAKAMA_EDGE_TEST_HTTP=2` it offers h2 instead, as browsers do: the suite runs over
+    /// either.
     pub fn client(&self, source: Option<IpAddr>) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(self.certs.ca_pem.as_bytes()).unwrap();
         let builder = reqwest::Client::builder();
