@@ -173,8 +173,8 @@ pub struct Books {
     snapshot: Arc<Snapshot>,
     started: Instant,
     pub route: Route,
-    method: Method,
-    uri: Uri,
+    /// The request's method and target, for the access log (when it is on).
+    logged: Option<(Method, Uri)>,
     /// The status the player got (0: none).
     pub status: u16,
     /// The node the request went to (last), by index in the snapshot's pool.
@@ -206,8 +206,11 @@ impl Books {
             snapshot: snapshot.clone(),
             started,
             route,
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
+            logged: snapshot
+                .config
+                .log
+                .access_log
+                .then(|| (parts.method.clone(), parts.uri.clone())),
             status: 0,
             node: None,
             in_flight: None,
@@ -257,11 +260,11 @@ impl Drop for Books {
             end.duration_since(self.started).as_secs_f64(),
         );
         metrics.bytes(self.route, self.received, self.sent);
-        if self.snapshot.config.log.access_log {
+        if let Some((method, uri)) = &self.logged {
             logging::access(
                 Some(player.client),
-                self.method.as_str(),
-                self.uri.path(),
+                method.as_str(),
+                uri.path(),
                 self.status,
                 self.route.as_str(),
                 node,

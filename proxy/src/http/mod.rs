@@ -178,19 +178,17 @@ pub(crate) async fn serve(
         async move { Ok::<_, Infallible>(answer.await) }
     });
     let io = TokioIo::new(conn);
-    let streams = Streams::default();
     let ended = if h2 {
+        let streams = Streams::default();
         let conn = pin!(h2_builder(streams.clone()).serve_connection(io, service));
-        drive(conn, &streams, &mut closing, Some(&state), |c| {
+        drive(conn, Some(&streams), &mut closing, Some(&state), |c| {
             c.graceful_shutdown()
         })
         .await
     } else {
         let conn = pin!(server.h1.serve_connection(io, service).with_upgrades());
-        drive(conn, &streams, &mut closing, None, |c| {
-            c.graceful_shutdown()
-        })
-        .await
+        // HTTP/1.1 runs its one request inside the connection's own future: no streams.
+        drive(conn, None, &mut closing, None, |c| c.graceful_shutdown()).await
     };
     if let Err(e) = ended {
         refused_by_hyper(&metrics_player, &e);
@@ -201,7 +199,7 @@ pub(crate) async fn serve(
 /// `idle`) once no stream has been open for `http_idle`, ask it to close gracefully.
 async fn drive<C>(
     mut conn: Pin<&mut C>,
-    streams: &Streams,
+    streams: Option<&Streams>,
     closing: &mut watch::Receiver<bool>,
     idle: Option<&ConnState>,
     shutdown: impl Fn(Pin<&mut C>),
@@ -218,7 +216,7 @@ where
             // The connection first: the streams it starts in a poll run in the same one.
             biased;
             ended = conn.as_mut() => return ended,
-            () = std::future::poll_fn(|cx| streams.poll_streams(cx)) => {}
+            () = std::future::poll_fn(|cx| streams.map_or(Poll::Pending, |s| s.poll_streams(cx))), if streams.is_some() => {}
             _ = closing.changed(), if !closed => {
                 if *closing.borrow() {
                     closed = true;
