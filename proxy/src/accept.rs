@@ -22,6 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 
+use crate::closing::Closing;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::listeners::ConnectionFilter;
@@ -29,7 +30,6 @@ use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use crate::client_conn::{ClientConn, Deadlines, Transport};
 use crate::firewall::{canonical, Firewall};
@@ -95,8 +95,8 @@ pub struct Entry {
     listener: Listener,
     tls: Option<Arc<rustls::ServerConfig>>,
     http: crate::http::Server,
-    /// Turns true when idle and partial connections are to close.
-    closing: watch::Sender<bool>,
+    /// Raised when idle and partial connections are to close.
+    closing: Closing,
 }
 
 impl Entry {
@@ -112,7 +112,7 @@ impl Entry {
             listener,
             tls,
             http: crate::http::Server::default(),
-            closing: watch::Sender::new(false),
+            closing: Closing::default(),
         }
     }
 
@@ -252,7 +252,7 @@ impl ServerApp for Entry {
             self.listener,
             client,
             conn,
-            self.closing.subscribe(),
+            self.closing.watch(),
         )
         .await;
         None
@@ -268,7 +268,7 @@ impl ServerApp for Entry {
         let closing = self.closing.clone();
         tokio::spawn(async move {
             tokio::time::sleep(grace / 2).await;
-            closing.send_replace(true);
+            closing.raise();
         });
     }
 }

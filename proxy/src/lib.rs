@@ -44,6 +44,7 @@ pub mod acme;
 pub mod admin;
 pub mod allocator;
 pub mod client_conn;
+pub mod closing;
 pub mod cluster;
 pub mod discovery;
 pub mod drains;

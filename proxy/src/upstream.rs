@@ -21,8 +21,11 @@
 //! have reached its node may go again only if its method is idempotent.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,6 +35,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use crate::pool::UPSTREAM_IDLE;
 
@@ -56,7 +60,45 @@ pub enum Failure {
 
 struct Idle {
     sender: http1::SendRequest<OutBody>,
+    watch: Watch,
     since: Duration,
+}
+
+/// A node connection's answer deadline: one timer per connection, registered once and moved
+/// only when it fires before the deadline of the request now waiting (each request's deadline
+/// is later than the last one's). Arming a timer of tokio's for every request, and removing
+/// it again, costs more than the rest of the exchange's own work.
+struct Watch {
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        Watch {
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        }
+    }
+
+    /// `send`'s answer, or `None` once `deadline` has passed without one.
+    async fn within<F: Future>(&mut self, deadline: Instant, send: F) -> Option<F::Output> {
+        let mut send = pin!(send);
+        let timer = &mut self.timer;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(answer) = send.as_mut().poll(cx) {
+                return Poll::Ready(Some(answer));
+            }
+            loop {
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if Instant::now() >= deadline {
+                    return Poll::Ready(None);
+                }
+                timer.as_mut().reset(deadline);
+            }
+        })
+        .await
+    }
 }
 
 /// The monotonic clock to a few milliseconds, without a clock read's cost: enough to time
@@ -88,6 +130,7 @@ thread_local! {
 pub struct Lease {
     address: SocketAddr,
     sender: http1::SendRequest<OutBody>,
+    watch: Watch,
 }
 
 impl Lease {
@@ -127,6 +170,7 @@ impl Lease {
             }
             idle.push(Idle {
                 sender: self.sender,
+                watch: self.watch,
                 since: now,
             });
         })
@@ -134,14 +178,19 @@ impl Lease {
 }
 
 /// The most recently used idle connection to `address` that is still open.
-fn take_idle(address: SocketAddr) -> Option<http1::SendRequest<OutBody>> {
+fn take_idle(address: SocketAddr) -> Option<(http1::SendRequest<OutBody>, Watch)> {
     KEPT.with(|kept| {
         let mut kept = kept.borrow_mut();
         let idle = &mut kept.h1.iter_mut().find(|(a, _)| *a == address)?.1;
         let now = coarse_now();
-        while let Some(Idle { sender, since }) = idle.pop() {
+        while let Some(Idle {
+            sender,
+            watch,
+            since,
+        }) = idle.pop()
+        {
             if now.saturating_sub(since) < UPSTREAM_IDLE && !sender.is_closed() {
-                return Some(sender);
+                return Some((sender, watch));
             }
         }
         None
@@ -214,12 +263,21 @@ pub async fn send_h1(
     read_timeout: Duration,
 ) -> Result<(Response<Incoming>, Lease), Failure> {
     // Kept connections first; one found closed gives the request back, unsent.
-    while let Some(mut sender) = take_idle(address) {
+    while let Some((mut sender, mut watch)) = take_idle(address) {
         if sender.ready().await.is_err() {
             continue;
         }
-        match exchange(&mut sender, request, read_timeout).await {
-            Ok(response) => return Ok((response, Lease { address, sender })),
+        match exchange(&mut sender, &mut watch, request, read_timeout).await {
+            Ok(response) => {
+                return Ok((
+                    response,
+                    Lease {
+                        address,
+                        sender,
+                        watch,
+                    },
+                ))
+            }
             Err(Failure::Unsent(back)) => request = back,
             Err(other) => return Err(other),
         }
@@ -229,23 +287,36 @@ pub async fn send_h1(
         Ok(sender) => sender,
         Err(e) => return Err(Failure::Refused(e, request)),
     };
-    let response = exchange(&mut sender, request, read_timeout).await?;
-    Ok((response, Lease { address, sender }))
+    let mut watch = Watch::new();
+    let response = exchange(&mut sender, &mut watch, request, read_timeout).await?;
+    Ok((
+        response,
+        Lease {
+            address,
+            sender,
+            watch,
+        },
+    ))
 }
 
 async fn exchange(
     sender: &mut http1::SendRequest<OutBody>,
+    watch: &mut Watch,
     request: Box<Request<OutBody>>,
     read_timeout: Duration,
 ) -> Result<Response<Incoming>, Failure> {
-    match tokio::time::timeout(read_timeout, sender.try_send_request(*request)).await {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(mut e)) => match e.take_message() {
+    let deadline = Instant::now() + read_timeout;
+    match watch
+        .within(deadline, sender.try_send_request(*request))
+        .await
+    {
+        Some(Ok(response)) => Ok(response),
+        Some(Err(mut e)) => match e.take_message() {
             Some(request) => Err(Failure::Unsent(Box::new(request))),
             None => Err(Failure::Failed(e.into_error())),
         },
         // Dropping the request's future closes its connection.
-        Err(_) => Err(Failure::Silent),
+        None => Err(Failure::Silent),
     }
 }
 
@@ -306,4 +377,28 @@ pub async fn send_h2(
         }
     }
     Err(Failure::Unsent(request))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_kept_connections_timer_waits_for_each_requests_own_deadline() {
+        let mut watch = Watch::new();
+        // A first answer in time: the timer stays armed at that request's deadline.
+        let first = Instant::now() + Duration::from_millis(50);
+        let answered = watch
+            .within(first, tokio::time::sleep(Duration::from_millis(5)))
+            .await;
+        assert!(answered.is_some());
+        // The next request's deadline is later: the early timer is not its end.
+        let second = Instant::now() + Duration::from_millis(300);
+        let silent = watch.within(second, std::future::pending::<()>()).await;
+        assert!(silent.is_none());
+        assert!(Instant::now() >= second, "cut off before its deadline");
+        // And an answer that comes before the deadline is the answer.
+        let third = Instant::now() + Duration::from_secs(30);
+        assert_eq!(watch.within(third, async { 7 }).await, Some(7));
+    }
 }

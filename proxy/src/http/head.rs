@@ -47,10 +47,12 @@ pub fn admit(parts: &Parts, h2: bool) -> Result<BodyLength, StatusCode> {
     // One pass over the headers: the head's size, and the fields that frame or route it.
     let mut head = parts.method.as_str().len() + target;
     let (mut hosts, mut authorizations, mut codings, mut lengths) = (0u32, 0u32, 0u32, 0u32);
+    let mut host = None;
     for (name, value) in &parts.headers {
         head += name.as_str().len() + value.len() + 4;
         if name == HOST {
             hosts += 1;
+            host = Some(value);
         } else if name == AUTHORIZATION {
             authorizations += 1;
         } else if name == TRANSFER_ENCODING {
@@ -66,7 +68,7 @@ pub fn admit(parts: &Parts, h2: bool) -> Result<BodyLength, StatusCode> {
     match hosts {
         0 if parts.version == Version::HTTP_11 => return Err(StatusCode::BAD_REQUEST),
         0 => {}
-        1 if parts.headers.get(HOST).is_some_and(valid_host) => {}
+        1 if host.is_some_and(valid_host) => {}
         _ => return Err(StatusCode::BAD_REQUEST),
     }
     // Nakama reads the first Authorization, the edge's limits would read one too: no
@@ -115,6 +117,37 @@ fn content_length(parts: &Parts) -> Result<u64, StatusCode> {
     Ok(length.unwrap_or(0))
 }
 
+/// The characters of a reg-name (RFC 3986 §3.2.2: unreserved, sub-delims, `%` of a
+/// percent-encoding), by byte value.
+const REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    table
+};
+
 /// A `Host` value: empty, or `host[:port]` (RFC 3986 §3.2.2: a reg-name or an IP literal,
 /// no user info), by the characters it may hold.
 fn valid_host(value: &HeaderValue) -> bool {
@@ -133,27 +166,7 @@ fn valid_host(value: &HeaderValue) -> bool {
                     .iter()
                     .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
         }
-        name => name.iter().all(|&b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'%'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                )
-        }),
+        name => name.iter().all(|&b| REG_NAME[usize::from(b)]),
     };
     host_ok && port_ok
 }

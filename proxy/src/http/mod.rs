@@ -43,9 +43,9 @@ use http::HeaderValue;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
 
 use crate::client_conn::{ClientConn, ConnState};
+use crate::closing::Watcher;
 use crate::route::{Listener, Route};
 use crate::state::Shared;
 
@@ -149,7 +149,7 @@ impl Streams {
     }
 }
 
-/// Serve `conn`'s requests until it closes. `closing` turns true when idle and partial
+/// Serve `conn`'s requests until it closes. `closing` is raised when idle and partial
 /// connections are to close (the listener's cleanup, halfway through the grace period).
 pub(crate) async fn serve(
     server: &Server,
@@ -157,7 +157,7 @@ pub(crate) async fn serve(
     listener: Listener,
     client: IpAddr,
     conn: ClientConn,
-    mut closing: watch::Receiver<bool>,
+    closing: Watcher,
 ) {
     let h2 = conn.transport().is_h2();
     let state = conn.state().clone();
@@ -181,14 +181,14 @@ pub(crate) async fn serve(
     let ended = if h2 {
         let streams = Streams::default();
         let conn = pin!(h2_builder(streams.clone()).serve_connection(io, service));
-        drive(conn, Some(&streams), &mut closing, Some(&state), |c| {
+        drive(conn, Some(&streams), &closing, Some(&state), |c| {
             c.graceful_shutdown()
         })
         .await
     } else {
         let conn = pin!(server.h1.serve_connection(io, service).with_upgrades());
         // HTTP/1.1 runs its one request inside the connection's own future: no streams.
-        drive(conn, None, &mut closing, None, |c| c.graceful_shutdown()).await
+        drive(conn, None, &closing, None, |c| c.graceful_shutdown()).await
     };
     if let Err(e) = ended {
         refused_by_hyper(&metrics_player, &e);
@@ -200,7 +200,7 @@ pub(crate) async fn serve(
 async fn drive<C>(
     mut conn: Pin<&mut C>,
     streams: Option<&Streams>,
-    closing: &mut watch::Receiver<bool>,
+    closing: &Watcher,
     idle: Option<&ConnState>,
     shutdown: impl Fn(Pin<&mut C>),
 ) -> hyper::Result<()>
@@ -217,11 +217,9 @@ where
             biased;
             ended = conn.as_mut() => return ended,
             () = std::future::poll_fn(|cx| streams.map_or(Poll::Pending, |s| s.poll_streams(cx))), if streams.is_some() => {}
-            _ = closing.changed(), if !closed => {
-                if *closing.borrow() {
-                    closed = true;
-                    shutdown(conn.as_mut());
-                }
+            () = std::future::poll_fn(|cx| closing.poll_raised(cx)), if !closed => {
+                closed = true;
+                shutdown(conn.as_mut());
             }
             _ = idle_check.as_mut(), if idle.is_some() && !closed => {
                 let Some(state) = idle else { continue };
