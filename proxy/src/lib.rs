@@ -18,6 +18,7 @@
 //! | [`tunnel`] | WebSockets past their upgrade: the edge's own lean splice |
 //! | [`player_tls`] | a player's TLS stream: rustls over the socket |
 //! | [`client_conn`] | a player's connection: head, idle and WebSocket deadlines, its slot |
+//! | [`closing`] | a listener's signal to its connections to close what is idle (shutdown) |
 //! | [`proxy_protocol`] | PROXY protocol v1/v2 from trusted load balancers |
 //! | [`limits`] | per-client rate and connection limits: per user (verified token), else per IP |
 //! | [`logins`] | failed logins per account identifier (brute force) |

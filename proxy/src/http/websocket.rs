@@ -152,12 +152,15 @@ impl Session {
                 return;
             }
         };
-        let (Some((mut client, early_client)), Some((mut upstream, early_node))) =
+        let (Some((client, early_client)), Some((mut upstream, early_node))) =
             (as_client(player), as_node(node))
         else {
             tracing::debug!("WebSocket upgrade over an unexpected stream");
             return;
         };
+        // Boxed: a player's connection is over a KiB (its TLS state is inline), and each await
+        // below would otherwise hold a copy of it for the socket's whole life.
+        let mut client = Box::new(client);
         let closer = client.state().closer().clone();
         client.state().enter_websocket(self.websocket_idle);
         self.shared.websockets.add(&closer);
@@ -172,14 +175,24 @@ impl Session {
             }
             Ok::<_, std::io::Error>(())
         };
-        if let Err(e) = early.await {
+        let sent = early.await;
+        // They are views of hyper's read buffers (8 KiB and more each): kept for the socket's
+        // life, they were most of an idle WebSocket's memory.
+        drop((early_client, early_node));
+        if let Err(e) = sent {
             tracing::debug!(error = %e, "WebSocket ended as it opened");
             return;
         }
         self.splice(client, upstream, closer, open).await;
     }
 
-    async fn splice(self, client: ClientConn, node: TcpStream, closer: Arc<Closer>, open: Counted) {
+    async fn splice(
+        self,
+        client: Box<ClientConn>,
+        node: TcpStream,
+        closer: Arc<Closer>,
+        open: Counted,
+    ) {
         let since = Instant::now();
         let Session {
             shared,
