@@ -71,6 +71,32 @@ async fn nodes_and_drain_api() {
 }
 
 #[tokio::test]
+async fn an_open_websocket_is_counted_as_a_websocket_not_as_a_request_in_flight() {
+    let a = StandIn::start("a");
+    let edge = Edge::start(&a.toml(), "");
+    edge.wait_healthy(&["a"]).await;
+    let client = edge.client(None);
+    let s = edge.authenticate(&client, "in-flight-device").await;
+    let ws = edge.websocket(&s.token, ip("127.0.0.1")).await.unwrap();
+    // What `drain --wait` waits for: the upgrade request ended with its 101.
+    eventually("one WebSocket and no request in flight", || async {
+        edge.nodes()
+            .await
+            .iter()
+            .any(|n| n["name"] == "a" && n["websockets"] == 1 && n["http_in_flight"] == 0)
+    })
+    .await;
+    ws.close().await;
+    eventually("nothing open", || async {
+        edge.nodes()
+            .await
+            .iter()
+            .any(|n| n["name"] == "a" && n["websockets"] == 0 && n["http_in_flight"] == 0)
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn metrics_count_requests_by_code_route_and_node() {
     let a = StandIn::start("a");
     let edge = Edge::start(&a.toml(), "");
