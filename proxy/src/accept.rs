@@ -22,7 +22,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 
-use crate::closing::Closing;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::listeners::ConnectionFilter;
@@ -32,6 +31,7 @@ use pingora_core::server::ShutdownWatch;
 use tokio::net::TcpStream;
 
 use crate::client_conn::{ClientConn, Deadlines, Transport};
+use crate::closing::Closing;
 use crate::firewall::{canonical, Firewall};
 use crate::limits::{client_key, Limited};
 use crate::metrics::{RejectReason, TlsFailure};

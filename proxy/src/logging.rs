@@ -26,7 +26,8 @@ static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 /// and `http_key`, Authorization headers) at debug and trace: whatever level is asked for,
 /// they stay at info.
 const NO_SECRETS: &str =
-    "pingora_core=info,h2=info,hyper=info,hyper_util=info,rustls=info,tungstenite=info";
+    "pingora_core=info,pingora_http=info,pingora_pool=info,pingora_rustls=info,\
+                          h2=info,hyper=info,hyper_util=info,rustls=info,tungstenite=info";
 
 fn filter(log: &Log) -> EnvFilter {
     let spec = std::env::var("NAKAMA_EDGE_LOG").unwrap_or_else(|_| log.level.clone());

@@ -80,12 +80,7 @@ async fn send(
             _ => pool.pick_round_robin(tried),
         };
         let Some(i) = picked else {
-            // None routable: 503; none left after one failed: that failure's 502.
-            return Err(if books.node.is_some() {
-                StatusCode::BAD_GATEWAY
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            });
+            return Err(no_node_left(books.node.is_some()));
         };
         tried.insert(i);
         let node = &pool.nodes[i];
@@ -191,6 +186,16 @@ pub(super) fn relay(
     books.answered(parts.status);
     let silence = books.snapshot().config.timeouts.upstream_read;
     Response::from_parts(parts, Answer::node(body, lease, silence, books))
+}
+
+/// The answer when no node is left to try: 503 when none was routable at all; 502 when one
+/// was tried (`tried_one`) and failed.
+pub(super) fn no_node_left(tried_one: bool) -> StatusCode {
+    if tried_one {
+        StatusCode::BAD_GATEWAY
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 /// Whether a failed request may go to another node: within the retry budget (counted when

@@ -20,7 +20,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::answer::{refusal, Answer, Books, Then};
-use super::forward::{connect_failed, within_retry_budget};
+use super::forward::{connect_failed, no_node_left, within_retry_budget};
 use super::head::{for_node, Toward};
 use super::request::then;
 use super::Player;
@@ -72,12 +72,7 @@ pub(super) async fn open(
             shared.metrics.upstream_retry(&last.config.name);
         }
         let Some(i) = snapshot.pool.pick_sticky(key.as_bytes(), tried) else {
-            // None routable: 503; none left after one failed: 502.
-            let status = if books.node.is_some() {
-                StatusCode::BAD_GATEWAY
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
+            let status = no_node_left(books.node.is_some());
             return refusal(status, then(player, Then::KeepAlive), books);
         };
         tried.insert(i);
