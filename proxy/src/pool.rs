@@ -429,10 +429,29 @@ pub struct Pool {
     pub nodes: Vec<Node>,
     ring: Continuum,
     ring_len: usize,
-    round_robin: Vec<u16>,
-    grpc_round_robin: Vec<u16>,
-    console_round_robin: Vec<u16>,
+    round_robin: Rotation,
+    grpc_round_robin: Rotation,
+    console_round_robin: Rotation,
+}
+
+/// A weighted round-robin: node indexes in their smooth weighted order, and where the next
+/// pick starts. Each route has its own, so that one route's picks never set another's pace.
+#[derive(Debug, Default)]
+struct Rotation {
+    order: Vec<u16>,
     next: AtomicUsize,
+}
+
+impl Rotation {
+    /// The next node in the order that `can_take` accepts. Every place passed over is used up:
+    /// a node out of rotation (drained, unhealthy, down) leaves its share to all the others in
+    /// their weights, rather than to the node after it in the order.
+    fn pick(&self, can_take: impl Fn(usize) -> bool) -> Option<usize> {
+        let len = self.order.len();
+        (0..len)
+            .map(|_| self.order[self.next.fetch_add(1, Ordering::Relaxed) % len] as usize)
+            .find(|&i| can_take(i))
+    }
 }
 
 /// A set of node indexes already tried for one request.
@@ -476,15 +495,20 @@ impl Pool {
             .sum::<usize>()
             * DEFAULT_POINT_MULTIPLE as usize;
         let round_robin = smooth_weighted_order(nodes.iter().map(|n| n.config.weight).collect());
-        let having = |has: fn(&Node) -> bool| -> Vec<u16> {
-            round_robin
+        let having = |has: fn(&Node) -> bool| Rotation {
+            order: round_robin
                 .iter()
                 .copied()
                 .filter(|&i| has(&nodes[i as usize]))
-                .collect()
+                .collect(),
+            next: AtomicUsize::new(0),
         };
         let grpc_round_robin = having(|n| n.config.grpc.is_some());
         let console_round_robin = having(|n| n.config.console.is_some());
+        let round_robin = Rotation {
+            order: round_robin,
+            next: AtomicUsize::new(0),
+        };
         Pool {
             nodes,
             ring,
@@ -492,7 +516,6 @@ impl Pool {
             round_robin,
             grpc_round_robin,
             console_round_robin,
-            next: AtomicUsize::new(0),
         }
     }
 
@@ -524,14 +547,8 @@ impl Pool {
         self.pick_from(&self.grpc_round_robin, tried)
     }
 
-    fn pick_from(&self, order: &[u16], tried: Tried) -> Option<usize> {
-        if order.is_empty() {
-            return None;
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..order.len())
-            .map(|k| order[(start + k) % order.len()] as usize)
-            .find(|&i| !tried.contains(i) && self.nodes[i].runtime.is_routable())
+    fn pick_from(&self, rotation: &Rotation, tried: Tried) -> Option<usize> {
+        rotation.pick(|i| !tried.contains(i) && self.nodes[i].runtime.is_routable())
     }
 
     /// Round-robin over routable nodes with a console address.
@@ -706,6 +723,60 @@ mod tests {
         tried.insert(0);
         tried.insert(2);
         assert_eq!(pool.pick_round_robin(tried), None);
+    }
+
+    fn spread(pool: &Pool, picks: usize, pick: impl Fn(&Pool) -> Option<usize>) -> Vec<usize> {
+        let mut count = vec![0; pool.nodes.len()];
+        for _ in 0..picks {
+            count[pick(pool).unwrap()] += 1;
+        }
+        count
+    }
+
+    #[test]
+    fn a_node_out_of_rotation_leaves_its_share_to_all_the_others_in_their_weights() {
+        let pool = build(
+            &config(&[("a", 1, 1), ("b", 2, 1), ("c", 3, 1)]),
+            &Registry::default(),
+            &Drains::in_memory(),
+        );
+        all_healthy(&pool);
+        let rr = |p: &Pool| p.pick_round_robin(Tried::default());
+        let grpc = |p: &Pool| p.pick_grpc(Tried::default());
+        assert_eq!(spread(&pool, 30, rr), vec![10, 10, 10]);
+        pool.nodes[0].runtime.set_runtime_drain(true);
+        assert_eq!(spread(&pool, 30, rr), vec![0, 15, 15]);
+        assert_eq!(spread(&pool, 30, grpc), vec![0, 15, 15]);
+        pool.nodes[0].runtime.set_runtime_drain(false);
+        pool.nodes[1].runtime.mark_refused();
+        assert_eq!(spread(&pool, 30, rr), vec![15, 0, 15]);
+
+        let weighted = build(
+            &config(&[("a", 1, 4), ("b", 2, 2), ("c", 3, 1)]),
+            &Registry::default(),
+            &Drains::in_memory(),
+        );
+        all_healthy(&weighted);
+        assert_eq!(spread(&weighted, 70, rr), vec![40, 20, 10]);
+        weighted.nodes[0].runtime.mark_refused();
+        assert_eq!(spread(&weighted, 30, rr), vec![0, 20, 10]);
+    }
+
+    #[test]
+    fn one_routes_picks_do_not_set_anothers_pace() {
+        let pool = build(
+            &config(&[("a", 1, 1), ("b", 2, 1)]),
+            &Registry::default(),
+            &Drains::in_memory(),
+        );
+        all_healthy(&pool);
+        // API calls and gRPC calls in turn: each still alternates over both nodes.
+        let mut grpc = vec![0; 2];
+        for _ in 0..10 {
+            pool.pick_round_robin(Tried::default()).unwrap();
+            grpc[pool.pick_grpc(Tried::default()).unwrap()] += 1;
+        }
+        assert_eq!(grpc, vec![5, 5]);
     }
 
     #[test]
