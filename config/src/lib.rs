@@ -48,6 +48,86 @@ pub fn refused_node_port(port: u16) -> Option<&'static str> {
         None
     }
 }
+/// Nakama serves a node's console gRPC on its console port - 3.
+pub const CONSOLE_GRPC_OFFSET: u16 = 3;
+
+/// What players must never reach through the edge: Nakama's console, console gRPC and
+/// metrics ports on any address ([`refused_node_port`]), and every console a config
+/// declares (`nodes.console`, `discover.console_port`) with its console gRPC (the console
+/// port - 3). The one rule behind `check`, a `[[nodes]]` address and a discovered one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seal {
+    /// Declared console addresses, each with what declares it.
+    addresses: Vec<(SocketAddr, String)>,
+    /// Console ports of discovered nodes (on whatever address they are found), each with its
+    /// entry's name.
+    ports: Vec<(u16, String)>,
+}
+
+impl Seal {
+    /// The seal of these nodes and discovery entries.
+    pub fn of(nodes: &[Node], discover: &[Discover]) -> Seal {
+        let mut seal = Seal::default();
+        for n in nodes {
+            if let Some(console) = n.console {
+                seal.add_console(console, &format!("node {:?}", n.name));
+            }
+        }
+        for d in discover {
+            if let Some(port) = d.console_port {
+                seal.add_console_port(port, &format!("discover {:?}", d.name));
+            }
+        }
+        seal
+    }
+
+    /// A node's console at `console` (`who`: the node).
+    fn add_console(&mut self, console: SocketAddr, who: &str) {
+        self.addresses
+            .push((console, format!("the console of {who} (nodes.console)")));
+        if let Some(port) = console.port().checked_sub(CONSOLE_GRPC_OFFSET) {
+            self.addresses.push((
+                SocketAddr::new(console.ip(), port),
+                format!("the console gRPC of {who} (nodes.console - {CONSOLE_GRPC_OFFSET})"),
+            ));
+        }
+    }
+
+    /// Consoles on `port` of whatever address (`who`: the discovery entry).
+    pub(crate) fn add_console_port(&mut self, port: u16, who: &str) {
+        self.ports.push((
+            port,
+            format!("the console port of {who} (discover.console_port)"),
+        ));
+        if let Some(grpc) = port.checked_sub(CONSOLE_GRPC_OFFSET) {
+            self.ports.push((
+                grpc,
+                format!("the console gRPC port of {who} (discover.console_port - {CONSOLE_GRPC_OFFSET})"),
+            ));
+        }
+    }
+
+    /// Why players must never reach a node at `address`, or `None` when they may.
+    pub fn refuses(&self, address: SocketAddr) -> Option<String> {
+        if let Some(why) = refused_node_port(address.port()) {
+            return Some(why.to_string());
+        }
+        let by_address = self.addresses.iter().find(|(a, _)| *a == address);
+        let by_port = || self.ports.iter().find(|(p, _)| *p == address.port());
+        by_address
+            .map(|(_, what)| what)
+            .or_else(|| by_port().map(|(_, what)| what))
+            .map(|what| format!("{what}: it must never be exposed to players"))
+    }
+}
+
+impl Config {
+    /// What players must never reach, from this config ([`Seal`]).
+    pub fn seal(&self) -> Seal {
+        Seal::of(&self.nodes, &self.discover)
+    }
+}
+
 pub use ipnet::IpNet;
 
 /// The embedded development default, served by `nakama-edge run` without `-c`.

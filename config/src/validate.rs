@@ -428,6 +428,7 @@ impl Checker<'_> {
             .map(|n| self.nakama(n.into_inner()))
             .unwrap_or_default();
         let discover = self.discover(&raw.discover, &nodes);
+        self.sealed(&raw.nodes, &nodes, &discover);
 
         Config {
             server,
@@ -560,6 +561,20 @@ impl Checker<'_> {
                             None
                         }
                     });
+            if let Some(console_port) = console_port {
+                // The entry's own console: never its nodes' HTTP or gRPC port.
+                let mut own = Seal::default();
+                own.add_console_port(console_port, &format!("discover {name:?}"));
+                for (raw, port, key) in [
+                    (&d.port, port, "discover.port"),
+                    (&d.grpc_port, grpc_port, "discover.grpc_port"),
+                ] {
+                    let why = port.and_then(|p| own.refuses(SocketAddr::from(([0, 0, 0, 0], p))));
+                    if let (Some(raw), Some(why)) = (raw, why) {
+                        self.problem(raw.span(), format!("{key} is {why}"));
+                    }
+                }
+            }
             let weight = self.number(&d.weight, "discover.weight", 1, 1, 1000);
             let interval = self.duration(
                 &d.interval,
@@ -801,6 +816,29 @@ impl Checker<'_> {
         }
     }
 
+    /// Every node address and gRPC address players may reach: none is a console ([`Seal`]).
+    fn sealed(&mut self, raw: &[RawNode], nodes: &[Node], discover: &[Discover]) {
+        let seal = Seal::of(nodes, discover);
+        for n in raw {
+            let Some(node) = nodes.iter().find(|node| node.name == *n.name.get_ref()) else {
+                continue;
+            };
+            for (raw, addr, key) in [
+                (Some(&n.address), Some(node.address), "address"),
+                (n.grpc.as_ref(), node.grpc, "grpc"),
+            ] {
+                if let (Some(raw), Some(addr)) = (raw, addr) {
+                    if let Some(why) = seal.refuses(addr) {
+                        self.problem(
+                            raw.span(),
+                            format!("nodes.{key} {addr} is {why}; a console is reached through nodes.console and listeners.console"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     fn nodes(&mut self, raw: &[RawNode]) -> Vec<Node> {
         let mut names = HashSet::new();
         let mut addresses = HashSet::new();
@@ -825,28 +863,6 @@ impl Checker<'_> {
                 .console
                 .as_ref()
                 .and_then(|c| self.address(c, "nodes.console"));
-            for (raw, addr, key) in [
-                (Some(&n.address), address, "address"),
-                (n.grpc.as_ref(), grpc, "grpc"),
-            ] {
-                if let (Some(raw), Some(addr)) = (raw, addr) {
-                    if CONSOLE_PORTS.contains(&addr.port()) {
-                        self.problem(
-                            raw.span(),
-                            format!(
-                                "nodes.{key} {addr} is a Nakama console port ({}): it must never be exposed to players; use nodes.console and listeners.console",
-                                addr.port()
-                            ),
-                        );
-                    }
-                    if addr.port() == METRICS_PORT {
-                        self.problem(
-                            raw.span(),
-                            format!("nodes.{key} {addr} is Nakama's metrics port: it is for the Prometheus scraper, never for players"),
-                        );
-                    }
-                }
-            }
             if let Some(addr) = address {
                 if !addresses.insert(addr) {
                     self.problem(

@@ -390,6 +390,16 @@ fn discover_mistakes_point_at_their_keys() {
             "at least 1s",
         ),
         ("dns = \"n.test\"\nport = 70000\n", 4, "must be a port"),
+        (
+            "dns = \"n.test\"\nport = 7400\nconsole_port = 7400\n",
+            4,
+            "the console port of discover \"d\"",
+        ),
+        (
+            "dns = \"n.test\"\nport = 7350\ngrpc_port = 7397\nconsole_port = 7400\n",
+            5,
+            "the console gRPC port of discover \"d\"",
+        ),
     ];
     for (body, line, message) in cases {
         let p = one_problem(&entry(body));
@@ -411,4 +421,60 @@ fn discover_mistakes_point_at_their_keys() {
         "{}",
         p.message
     );
+}
+
+#[test]
+fn a_node_at_another_nodes_console_or_console_grpc_address_is_refused() {
+    let nodes = |second: &str| {
+        format!(
+            "[[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:7350\"\nconsole = \"127.0.0.1:7451\"\n\
+             [[nodes]]\nname = \"b\"\n{second}"
+        )
+    };
+    // Its HTTP address on a's console: players would reach a's console.
+    let p = one_problem(&nodes("address = \"127.0.0.1:7451\"\n"));
+    assert_eq!((p.line, p.column), (7, 11), "{p:?}");
+    assert!(
+        p.message.contains("the console of node \"a\""),
+        "{}",
+        p.message
+    );
+    // Its gRPC on a's console gRPC (Nakama's console port - 3).
+    let p = one_problem(&nodes(
+        "address = \"127.0.0.1:7360\"\ngrpc = \"127.0.0.1:7448\"\n",
+    ));
+    assert_eq!(p.line, 8, "{p:?}");
+    assert!(
+        p.message.contains("the console gRPC of node \"a\""),
+        "{}",
+        p.message
+    );
+    // The same ports on another address are another machine's: allowed.
+    assert!(Config::parse(&nodes("address = \"127.0.0.2:7451\"\n"), "t").is_ok());
+}
+
+#[test]
+fn the_seal_refuses_declared_consoles_and_nakamas_ports_and_nothing_else() {
+    let c = Config::parse(
+        "[[nodes]]\nname = \"a\"\naddress = \"10.0.0.1:7350\"\nconsole = \"10.0.0.1:7451\"\n\
+         [[discover]]\nname = \"d\"\ndns = \"n.test\"\nport = 7350\nconsole_port = 7500\n",
+        "t",
+    )
+    .unwrap();
+    let seal = c.seal();
+    let refused = |a: &str| seal.refuses(a.parse().unwrap()).is_some();
+    for sealed in [
+        "10.0.0.1:7451",
+        "10.0.0.1:7448",
+        "10.0.0.9:7500",
+        "10.0.0.9:7497",
+        "10.0.0.9:7351",
+        "10.0.0.9:7348",
+        "10.0.0.9:9100",
+    ] {
+        assert!(refused(sealed), "{sealed} must be sealed");
+    }
+    for open in ["10.0.0.1:7350", "10.0.0.2:7451", "10.0.0.9:7349"] {
+        assert!(!refused(open), "{open} is a node's address");
+    }
 }

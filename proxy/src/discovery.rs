@@ -23,7 +23,8 @@
 //!   metrics. Back in the records before that, it is simply listed again.
 //! - A lookup that fails or times out keeps the last good set. An answer with no records
 //!   empties the set only when the next lookup says so too.
-//! - An address on a console or metrics port is never a node ([`refused_node_port`]).
+//! - An address on a console or metrics port, or a console the config declares (and its
+//!   console gRPC), is never a node ([`Seal`]).
 //! - Lookups follow the entry's `interval`, sooner when the records' TTL is shorter (never more
 //!   often than once a second); answers are not cached between lookups.
 
@@ -40,7 +41,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
-use nakama_edge_config::{refused_node_port, Config, Discover, DnsSource, Node as NodeConfig};
+use nakama_edge_config::{Config, Discover, DnsSource, Node as NodeConfig, Seal};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::task::JoinHandle;
@@ -129,14 +130,22 @@ pub fn resolver(entry: &Discover) -> Result<TokioResolver, LookupError> {
     builder.build().map_err(LookupError::Resolver)
 }
 
-/// Look `entry` up once.
-pub async fn lookup(resolver: &TokioResolver, entry: &Discover) -> Result<Answer, LookupError> {
-    tokio::time::timeout(LOOKUP_DEADLINE, lookup_inner(resolver, entry))
+/// Look `entry` up once; what `seal` refuses is left out.
+pub async fn lookup(
+    resolver: &TokioResolver,
+    entry: &Discover,
+    seal: &Seal,
+) -> Result<Answer, LookupError> {
+    tokio::time::timeout(LOOKUP_DEADLINE, lookup_inner(resolver, entry, seal))
         .await
         .map_err(|_| LookupError::Timeout(LOOKUP_DEADLINE))?
 }
 
-async fn lookup_inner(resolver: &TokioResolver, entry: &Discover) -> Result<Answer, LookupError> {
+async fn lookup_inner(
+    resolver: &TokioResolver,
+    entry: &Discover,
+    seal: &Seal,
+) -> Result<Answer, LookupError> {
     let now = Instant::now();
     let mut addresses = BTreeSet::new();
     let mut refused = Vec::new();
@@ -161,7 +170,9 @@ async fn lookup_inner(resolver: &TokioResolver, entry: &Discover) -> Result<Answ
                 let RData::SRV(target) = &record.data else {
                     continue;
                 };
-                if let Some(why) = refused_node_port(target.port) {
+                // A port refused wherever it is (Nakama's console ports): said by name.
+                let anywhere = SocketAddr::from(([0, 0, 0, 0], target.port));
+                if let Some(why) = seal.refuses(anywhere) {
                     refused.push(format!("{}:{} is {why}", target.target, target.port));
                     continue;
                 }
@@ -195,6 +206,18 @@ async fn lookup_inner(resolver: &TokioResolver, entry: &Discover) -> Result<Answ
             valid_until
         }
     };
+    // A declared console's address (or its console gRPC's) is never a node, nor is a node
+    // whose gRPC would be one.
+    addresses.retain(|&address| {
+        let node = node_config(entry, address);
+        let why = seal
+            .refuses(address)
+            .or_else(|| node.grpc.and_then(|grpc| seal.refuses(grpc)));
+        if let Some(why) = &why {
+            refused.push(format!("{address} is {why}"));
+        }
+        why.is_none()
+    });
     if addresses.is_empty() && refused.is_empty() {
         return Ok(Answer::Empty);
     }
@@ -332,9 +355,11 @@ impl Discovered {
 
     /// The pool's members: `config`'s `[[nodes]]`, then the discovered nodes of its entries
     /// in config order. An address already taken (by a `[[nodes]]` entry or an earlier
-    /// entry) is not taken again.
+    /// entry) is not taken again, nor one `config` seals (a console declared since the
+    /// lookup that found it).
     pub fn members(&self, config: &Config) -> Vec<Member> {
         let mut members = Member::configured(config);
+        let seal = config.seal();
         let entries = self.lock();
         let mut taken: BTreeSet<SocketAddr> = members.iter().map(|m| m.config.address).collect();
         for discover in &config.discover {
@@ -343,7 +368,11 @@ impl Discovered {
             };
             let entry: Arc<str> = Arc::from(discover.name.as_str());
             for found in nodes.values() {
-                if !taken.insert(found.config.address) {
+                let sealed = [Some(found.config.address), found.config.grpc]
+                    .into_iter()
+                    .flatten()
+                    .any(|a| seal.refuses(a).is_some());
+                if sealed || !taken.insert(found.config.address) {
                     continue;
                 }
                 members.push(Member {
@@ -366,9 +395,10 @@ impl Discovered {
 /// nodes were found.
 pub async fn first_round(shared: &Shared) -> usize {
     let config = &shared.snapshot().config;
+    let seal = &config.seal();
     let lookups = config.discover.iter().map(|entry| async move {
         let answer = match resolver(entry) {
-            Ok(r) => lookup(&r, entry).await,
+            Ok(r) => lookup(&r, entry, seal).await,
             Err(e) => Err(e),
         };
         (entry, answer)
@@ -429,7 +459,8 @@ async fn watch(shared: Arc<Shared>, entry: Discover) {
     let mut failing = false;
     let mut last_refused = Vec::new();
     loop {
-        let answer = lookup(&resolver, &entry).await;
+        let seal = shared.snapshot().config.seal();
+        let answer = lookup(&resolver, &entry, &seal).await;
         shared
             .metrics
             .discovery_lookup(&entry.name, result_label(&answer));
@@ -557,9 +588,10 @@ impl BackgroundService for Discovery {
 pub async fn describe(config: &Config) -> (Vec<String>, bool) {
     let mut lines = Vec::new();
     let mut all_ok = true;
+    let seal = config.seal();
     for entry in &config.discover {
         let answer = match resolver(entry) {
-            Ok(r) => lookup(&r, entry).await,
+            Ok(r) => lookup(&r, entry, &seal).await,
             Err(e) => Err(e),
         };
         let servers = if entry.resolvers.is_empty() {
@@ -733,6 +765,29 @@ mod tests {
             .map(|m| m.config.name)
             .collect();
         assert_eq!(names, ["static", "a-127.0.0.12:7350", "b-127.0.0.13:7350"]);
+    }
+
+    #[test]
+    fn a_discovered_address_that_is_a_declared_console_is_never_a_node() {
+        // 127.0.0.11's console is declared at :7400 (its console gRPC at :7397): a record
+        // naming either is no node, whatever the entry's own ports.
+        let config = Config::parse(
+            "[[nodes]]\nname = \"static\"\naddress = \"127.0.0.11:7350\"\nconsole = \"127.0.0.11:7400\"\n\
+             [[discover]]\nname = \"a\"\nsrv = \"_api._tcp.a.test\"\n",
+            "t",
+        )
+        .unwrap();
+        let d = Discovered::default();
+        d.apply(
+            &config.discover[0],
+            &addrs(&["127.0.0.11:7400", "127.0.0.11:7397", "127.0.0.12:7400"]),
+        );
+        let names: Vec<String> = d
+            .members(&config)
+            .into_iter()
+            .map(|m| m.config.name)
+            .collect();
+        assert_eq!(names, ["static", "a-127.0.0.12:7400"]);
     }
 
     #[test]
