@@ -280,8 +280,10 @@ pub struct Server {
     pub threads: usize,
     /// How long in-flight work may take to finish on shutdown or upgrade.
     pub grace_period: Duration,
-    /// The Unix socket through which `run --upgrade` takes the listening sockets over.
-    pub upgrade_socket: PathBuf,
+    /// The Unix socket through which `run --upgrade` takes the listening sockets over, as
+    /// set; `None`: one of the instance's own (the proxy derives it from `state_dir` or the
+    /// config file's path).
+    pub upgrade_socket: Option<PathBuf>,
     /// Where runtime operator state (drains set through the admin API) is kept across restarts
     /// and upgrades. `None`: in memory only.
     pub state_dir: Option<PathBuf>,

@@ -143,10 +143,13 @@ impl Checker<'_> {
                 Duration::from_secs(30),
                 false,
             ),
-            upgrade_socket: raw.server.upgrade_socket.as_ref().map_or_else(
-                || PathBuf::from("/tmp/nakama-edge-upgrade.sock"),
-                |p| PathBuf::from(p.get_ref()),
-            ),
+            upgrade_socket: raw.server.upgrade_socket.as_ref().and_then(|p| {
+                if p.get_ref().is_empty() {
+                    self.problem(p.span(), "server.upgrade_socket must not be empty");
+                    return None;
+                }
+                Some(PathBuf::from(p.get_ref()))
+            }),
             state_dir: raw.server.state_dir.as_ref().and_then(|p| {
                 if p.get_ref().is_empty() {
                     self.problem(p.span(), "server.state_dir must not be empty");

@@ -22,6 +22,7 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -154,7 +155,9 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         threads: config.server.threads,
         grace_period_seconds: Some(grace),
         graceful_shutdown_timeout_seconds: Some(grace.max(1)),
-        upgrade_sock: config.server.upgrade_socket.to_string_lossy().into_owned(),
+        upgrade_sock: upgrade_socket(&config.server, &source)
+            .to_string_lossy()
+            .into_owned(),
         work_stealing: false,
         ..Default::default()
     };
@@ -268,18 +271,62 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     server.run_forever()
 }
 
-/// The runtime drains: kept in `server.state_dir` (or, unset, in the state directory systemd
-/// gives the unit), restored now; in memory only without either.
+/// `server.state_dir`, or, unset, the state directory systemd gives the unit.
+fn state_dir(server: &nakama_edge_config::Server) -> Option<PathBuf> {
+    let systemd = || {
+        let dirs = std::env::var_os("STATE_DIRECTORY")?;
+        let first = dirs.to_str()?.split(':').next()?.to_string();
+        (!first.is_empty()).then(|| PathBuf::from(first))
+    };
+    server.state_dir.clone().or_else(systemd)
+}
+
+/// The longest path a Unix socket's address holds (`sun_path`, less its final NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Where `run --upgrade` finds the running process: `server.upgrade_socket`, else a path of
+/// this instance's own, so that one edge's upgrade never takes another's listeners on a
+/// shared host: `upgrade.sock` in the state directory, else in the temporary directory, named
+/// by a hash of the config file's path (or of the state directory, when its own path is too
+/// long for a socket).
+pub fn upgrade_socket(server: &nakama_edge_config::Server, source: &ConfigSource) -> PathBuf {
+    if let Some(set) = &server.upgrade_socket {
+        return set.clone();
+    }
+    let identity = match (state_dir(server), source) {
+        (Some(dir), _) => {
+            let in_state = dir.join("upgrade.sock");
+            if in_state.as_os_str().len() <= MAX_SOCKET_PATH {
+                return in_state;
+            }
+            std::fs::canonicalize(&dir).unwrap_or(dir)
+        }
+        (None, ConfigSource::File(path)) => {
+            std::fs::canonicalize(path).unwrap_or_else(|_| path.clone())
+        }
+        (None, ConfigSource::Embedded) => PathBuf::from("embedded"),
+    };
+    std::env::temp_dir().join(format!(
+        "nakama-edge-upgrade-{:016x}.sock",
+        fnv1a(identity.as_os_str().as_encoded_bytes())
+    ))
+}
+
+/// FNV-1a, 64 bits: a name stable across builds and versions (an upgrade's new binary must
+/// find the path the old one chose).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The runtime drains: kept in the state directory ([`state_dir`]), restored now; in memory
+/// only without one.
 fn open_drains(
     server: &nakama_edge_config::Server,
     source: &ConfigSource,
 ) -> anyhow::Result<Drains> {
-    let systemd = || {
-        let dirs = std::env::var_os("STATE_DIRECTORY")?;
-        let first = dirs.to_str()?.split(':').next()?.to_string();
-        (!first.is_empty()).then(|| std::path::PathBuf::from(first))
-    };
-    let Some(dir) = server.state_dir.clone().or_else(systemd) else {
+    let Some(dir) = state_dir(server) else {
         let why = "server.state_dir is not set: nodes drained through the admin API stay drained only until this process exits (a restart or an upgrade forgets them)";
         match source {
             ConfigSource::Embedded => tracing::info!("{why}"),
@@ -472,7 +519,41 @@ fn is_listening(addr: SocketAddr) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_listening;
+    use super::*;
+
+    fn server(toml: &str) -> nakama_edge_config::Server {
+        Config::parse(toml, "t").unwrap().server
+    }
+
+    #[test]
+    fn each_instance_has_its_own_upgrade_socket_by_default() {
+        let file = |p: &str| ConfigSource::File(PathBuf::from(p));
+        let plain = server("");
+        // Two config files on one host: two sockets; the same file (an upgrade): one.
+        let a = upgrade_socket(&plain, &file("/etc/nakama-edge/a.toml"));
+        let b = upgrade_socket(&plain, &file("/etc/nakama-edge/b.toml"));
+        assert_ne!(a, b);
+        assert_eq!(a, upgrade_socket(&plain, &file("/etc/nakama-edge/a.toml")));
+        assert!(a.starts_with(std::env::temp_dir()), "{}", a.display());
+        // A state directory holds it, whatever the config file.
+        let with_state = server("[server]\nstate_dir = \"/var/lib/edge-1\"\n");
+        assert_eq!(
+            upgrade_socket(&with_state, &file("/etc/a.toml")),
+            PathBuf::from("/var/lib/edge-1/upgrade.sock")
+        );
+        // Too long a state directory for a socket's path: a hash of it, in /tmp.
+        let long = format!("/var/lib/{}", "d".repeat(120));
+        let with_long = server(&format!("[server]\nstate_dir = \"{long}\"\n"));
+        let hashed = upgrade_socket(&with_long, &file("/etc/a.toml"));
+        assert!(hashed.as_os_str().len() <= MAX_SOCKET_PATH);
+        assert_ne!(hashed, a);
+        // Set: as set.
+        let set = server("[server]\nupgrade_socket = \"/run/e/u.sock\"\n");
+        assert_eq!(
+            upgrade_socket(&set, &file("/etc/a.toml")),
+            PathBuf::from("/run/e/u.sock")
+        );
+    }
 
     #[test]
     fn sees_a_listening_socket() {
