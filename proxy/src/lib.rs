@@ -31,6 +31,7 @@
 //! | [`drains`] | runtime drains, kept in `server.state_dir` across restarts and upgrades |
 //! | [`cluster`] | several edges: what this one shares through the cluster database, and learns |
 //! | [`token`] | the user id in a Nakama session token |
+//! | [`token_alarm`] | the WARN when most session tokens fail (a wrong `[nakama] session_key`) |
 //! | [`firewall`] | CIDR allow/deny |
 //! | [`acme`] | obtaining and renewing the certificate (the work itself is in `nakama-edge-certs`) |
 //! | [`state`] | the config snapshot and reload |
@@ -66,6 +67,7 @@ pub mod route;
 pub mod server;
 pub mod state;
 pub mod token;
+pub mod token_alarm;
 pub mod tunnel;
 pub mod upstream;
 pub mod ws_close;

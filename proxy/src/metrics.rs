@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use nakama_edge_certs::info::CertInfo;
 use nakama_edge_config::Discover;
@@ -19,6 +20,8 @@ use prometheus::{
 
 use crate::pool::{Origin, Pool};
 use crate::route::Route;
+use crate::token::{Refused, UserId};
+use crate::token_alarm::{Counts, TokenAlarm};
 
 /// Why a connection was refused before any HTTP was spoken.
 #[derive(Debug, Clone, Copy)]
@@ -105,6 +108,10 @@ pub struct Metrics {
     route_sent: Vec<IntCounter>,
     discovery_lookups: IntCounterVec,
     discovered_nodes: IntGaugeVec,
+    tokens_verified: IntCounter,
+    /// By [`Refused`]'s discriminant.
+    tokens_refused: [IntCounter; Refused::ALL.len()],
+    token_alarm: TokenAlarm,
 }
 
 /// Why a TLS handshake failed: a bounded set, read from the error.
@@ -290,6 +297,14 @@ impl Metrics {
             "Failed requests not retried on another node because the retry budget (20 % of requests, at least 10 a second) was spent.",
         )
         .map_err(metric_error)?;
+        let session_tokens = IntCounterVec::new(
+            Opts::new(
+                "nakama_edge_session_tokens_total",
+                "Session tokens checked against [nakama] session_key, by result (verified, bad_signature, expired, malformed). Mostly bad_signature: the key is not Nakama's session.encryption_key.",
+            ),
+            &["result"],
+        )
+        .map_err(metric_error)?;
         let health_checks = IntCounterVec::new(
             Opts::new(
                 "nakama_edge_health_checks_total",
@@ -402,6 +417,7 @@ impl Metrics {
             Box::new(upstream_connect_failures.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_retries.clone()),
             Box::new(retries_over_budget.clone()),
+            Box::new(session_tokens.clone()),
             Box::new(health_checks.clone()),
             Box::new(health_check_duration.clone()),
             Box::new(in_flight.clone()),
@@ -446,6 +462,9 @@ impl Metrics {
             rejected.with_label_values(&[reason.as_str()]);
         }
         Ok(Metrics {
+            tokens_verified: session_tokens.with_label_values(&["verified"]),
+            tokens_refused: Refused::ALL.map(|r| session_tokens.with_label_values(&[r.as_str()])),
+            token_alarm: TokenAlarm::new(Instant::now()),
             tls_ok: tls.with_label_values(&["ok"]),
             tls_error: tls.with_label_values(&["error"]),
             reload_success: reloads.with_label_values(&["success"]),
@@ -634,6 +653,26 @@ impl Metrics {
         self.route_durations[route.index()]
             .get_or_init(|| self.durations.with_label_values(&[route.as_str()]))
             .observe(seconds);
+    }
+
+    /// Count one session token's verification; on a bad signature, a WARN when most tokens
+    /// fail ([`TokenAlarm`]).
+    pub fn session_token(&self, verified: &Result<UserId, Refused>) {
+        match verified {
+            Ok(_) => self.tokens_verified.inc(),
+            Err(refused) => {
+                self.tokens_refused[*refused as usize].inc();
+                if *refused == Refused::BadSignature {
+                    let counts = Counts {
+                        verified: self.tokens_verified.get(),
+                        bad_signature: self.tokens_refused[Refused::BadSignature as usize].get(),
+                    };
+                    if let Some(text) = self.token_alarm.bad_signature(counts, Instant::now()) {
+                        tracing::warn!("{text}");
+                    }
+                }
+            }
+        }
     }
 
     /// Count one refused connection.

@@ -138,16 +138,15 @@ impl Verifier {
     }
 
     /// The user `token` identifies: signed (HS256) with one of the keys, and not expired at
-    /// `now` (Unix seconds). `None` for anything else: a forged, expired or unreadable token
-    /// identifies nobody.
-    pub fn verify(&self, token: &str, now: u64) -> Option<UserId> {
-        let (header, payload, sig) = parts(token)?;
+    /// `now` (Unix seconds). Anything else identifies nobody, and says why.
+    pub fn verify(&self, token: &str, now: u64) -> Result<UserId, Refused> {
+        let (header, payload, sig) = parts(token).ok_or(Refused::Malformed)?;
         let mut signature = [0u8; SIGNATURE + 2];
         let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode_slice(sig.trim_end_matches('='), &mut signature)
-            .ok()?;
+            .map_err(|_| Refused::Malformed)?;
         if n != SIGNATURE {
-            return None;
+            return Err(Refused::Malformed);
         }
         let signed = &token.as_bytes()[..header.len() + 1 + payload.len()];
         let genuine = self.keys.iter().any(|key| {
@@ -156,10 +155,39 @@ impl Verifier {
             mac.verify_slice(&signature[..SIGNATURE]).is_ok()
         });
         if !genuine {
-            return None;
+            return Err(Refused::BadSignature);
         }
-        let (uid, exp) = claims(payload)?;
-        (exp? > now).then_some(uid)
+        let (uid, exp) = claims(payload).ok_or(Refused::Malformed)?;
+        match exp {
+            Some(exp) if exp > now => Ok(uid),
+            _ => Err(Refused::Expired),
+        }
+    }
+}
+
+/// Why a session token identifies nobody.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Signed with none of the keys (or changed since): forged, or `[nakama] session_key` is
+    /// not Nakama's `session.encryption_key`.
+    BadSignature,
+    /// Past its `exp` (or without one).
+    Expired,
+    /// Not a JWT of Nakama's shape.
+    Malformed,
+}
+
+impl Refused {
+    /// Every reason, in the order of their discriminants.
+    pub const ALL: [Refused; 3] = [Refused::BadSignature, Refused::Expired, Refused::Malformed];
+
+    /// The `result` label of `nakama_edge_session_tokens_total` (`verified` for the others).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refused::BadSignature => "bad_signature",
+            Refused::Expired => "expired",
+            Refused::Malformed => "malformed",
+        }
     }
 }
 
@@ -242,17 +270,19 @@ mod tests {
             let uid = v.verify(&signed(key, &claims), 1999).unwrap();
             assert_eq!(uid.as_bytes(), UID.as_bytes());
         }
-        assert!(
-            v.verify(&signed("other-key", &claims), 1999).is_none(),
+        assert_eq!(
+            v.verify(&signed("other-key", &claims), 1999).err(),
+            Some(Refused::BadSignature),
             "forged"
         );
-        assert!(
-            v.verify(&signed("new-key", &claims), 2000).is_none(),
-            "expired"
+        assert_eq!(
+            v.verify(&signed("new-key", &claims), 2000).err(),
+            Some(Refused::Expired)
         );
         let no_exp = format!(r#"{{"uid":"{UID}"}}"#);
-        assert!(
-            v.verify(&signed("new-key", &no_exp), 1).is_none(),
+        assert_eq!(
+            v.verify(&signed("new-key", &no_exp), 1).err(),
+            Some(Refused::Expired),
             "no expiry"
         );
         // A payload changed after signing.
@@ -261,14 +291,18 @@ mod tests {
         let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let other = e.encode(claims.replace("0b0e", "ffff"));
         parts[1] = &other;
-        assert!(v.verify(&parts.join("."), 1999).is_none(), "tampered");
+        assert_eq!(
+            v.verify(&parts.join("."), 1999).err(),
+            Some(Refused::BadSignature),
+            "tampered"
+        );
         for junk in [
             "",
             "a.b",
             "a.b.c",
             &format!("{}.x", &good[..good.rfind('.').unwrap()]),
         ] {
-            assert!(v.verify(junk, 0).is_none(), "{junk}");
+            assert_eq!(v.verify(junk, 0).err(), Some(Refused::Malformed), "{junk}");
         }
         assert!(Verifier::new(Vec::<&str>::new()).is_none());
         assert_eq!(format!("{v:?}"), "Verifier(2 key(s))");

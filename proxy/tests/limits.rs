@@ -119,6 +119,60 @@ async fn forged_tokens_from_one_address_share_its_budget_while_genuine_ones_do_n
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_session_key_is_counted_and_named_in_a_warn_line_and_the_right_one_is_not() {
+    // The operator copied the wrong key: Nakama signs with SESSION_KEY.
+    let sections = "[nakama]\nsession_key = \"a-key-nakama-does-not-use\"\n";
+    let (_nodes, edge) = cluster_with(&["a"], sections).await;
+    let client = edge.client(None);
+    let mut statuses = Vec::new();
+    for i in 0..25 {
+        statuses.extend(rpcs(&edge, &client, &token(SESSION_KEY, &uid(300 + i)), 1).await);
+    }
+    assert_eq!(
+        count(&statuses, 200),
+        25,
+        "players are still served: {statuses:?}"
+    );
+    let bad = "nakama_edge_session_tokens_total{result=\"bad_signature\"}";
+    assert_eq!(edge.metric(bad).await, 25.0);
+    eventually("a WARN line naming [nakama] session_key", || async {
+        edge.log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("[nakama] session_key"))
+    })
+    .await;
+    let log = edge.log();
+    let warns = log
+        .lines()
+        .filter(|l| l.contains("bad signature") && l.contains("WARN"))
+        .count();
+    assert_eq!(warns, 1, "one WARN, not one per token:\n{log}");
+    assert!(
+        !log.contains("a-key-nakama-does-not-use"),
+        "the key never reaches the log"
+    );
+
+    // The right key: verified, no WARN.
+    let sections = format!("[nakama]\nsession_key = \"{SESSION_KEY}\"\n");
+    let (_nodes, edge) = cluster_with(&["a"], &sections).await;
+    let client = edge.client(None);
+    for i in 0..25 {
+        rpcs(&edge, &client, &token(SESSION_KEY, &uid(400 + i)), 1).await;
+    }
+    rpcs(&edge, &client, "not.a.token", 1).await;
+    let verified = "nakama_edge_session_tokens_total{result=\"verified\"}";
+    assert_eq!(edge.metric(verified).await, 25.0);
+    let malformed = "nakama_edge_session_tokens_total{result=\"malformed\"}";
+    assert_eq!(edge.metric(malformed).await, 1.0);
+    assert_eq!(edge.metric(bad).await, 0.0);
+    assert!(
+        !edge.log().contains("[nakama] session_key"),
+        "{}",
+        edge.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn ten_failed_logins_lock_that_account_only_while_another_logs_in_from_the_same_address() {
     let (_nodes, edge) = cluster_with(&["a"], DEFAULT_LIMITS).await;
     let client = edge.client(None);

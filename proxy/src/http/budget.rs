@@ -28,7 +28,9 @@ pub(crate) fn request_budget(
     let limits = &snapshot.limits;
     let user = snapshot.verifier.as_ref().and_then(|v| {
         let token = token::session_token(query, authorization)?;
-        v.verify(token, unix_now())
+        let verified = v.verify(token, unix_now());
+        shared.metrics.session_token(&verified);
+        verified.ok()
     });
     let (result, reason) = match user {
         Some(uid) => (limits.check_user(uid.key()), RejectReason::User),
