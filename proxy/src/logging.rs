@@ -24,10 +24,13 @@ static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 
 /// The HTTP and TLS libraries write whole request heads (query strings with session tokens
 /// and `http_key`, Authorization headers) at debug and trace: whatever level is asked for,
-/// they stay at info.
+/// they stay at info. rustls's message parser warns about what clients send (an IP address
+/// as SNI, which wrk and many test clients do; a duplicate or invalid host name): nothing an
+/// operator can act on, so only its errors pass.
 const NO_SECRETS: &str =
     "pingora_core=info,pingora_http=info,pingora_pool=info,pingora_rustls=info,\
-                          h2=info,hyper=info,hyper_util=info,rustls=info,tungstenite=info";
+                          h2=info,hyper=info,hyper_util=info,rustls=info,tungstenite=info,\
+                          rustls::msgs::handshake=error";
 
 fn filter(log: &Log) -> EnvFilter {
     let spec = std::env::var("NAKAMA_EDGE_LOG").unwrap_or_else(|_| log.level.clone());

@@ -517,6 +517,41 @@ async fn the_tls_policy_offers_nothing_below_tls_1_2_and_no_weak_cipher() {
 }
 
 #[tokio::test]
+async fn a_client_sending_an_ip_address_as_sni_is_served_without_a_warn_line() {
+    let (_nodes, edge) = cluster(&["a"]).await;
+    let https = edge.https;
+    let ip_sni = move || {
+        let mut child = std::process::Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect"])
+            .arg(https.to_string())
+            .args(["-servername", "127.0.0.1"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl is needed");
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"GET /healthcheck HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        // -quiet ignores the end of input: the answer's close ends it.
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for _ in 0..3 {
+        let answer = tokio::task::spawn_blocking(ip_sni).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let log = edge.log();
+    assert!(
+        !log.lines().any(|l| l.contains("WARN") && l.contains("SNI")),
+        "{log}"
+    );
+}
+
+#[tokio::test]
 async fn tcp_probes_are_not_counted_as_tls_failures_but_garbage_is() {
     let (_nodes, edge) = cluster(&["a"]).await;
     let errors = || async {
