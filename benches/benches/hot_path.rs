@@ -90,7 +90,7 @@ fn verify(c: &mut Criterion) {
     mac.update(unsigned.as_bytes());
     let token = format!("{unsigned}.{}", e.encode(mac.finalize().into_bytes()));
     let verifier = token::Verifier::new(["defaultencryptionkey"]).expect("verifier");
-    assert!(verifier.verify(&token, 1_900_000_000).is_some());
+    assert!(verifier.verify(&token, 1_900_000_000).is_ok());
     c.bench_function("verify a session token (HS256) and read its user", |b| {
         b.iter(|| black_box(verifier.verify(black_box(&token), 1_900_000_000)))
     });

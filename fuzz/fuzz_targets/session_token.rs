@@ -1,4 +1,4 @@
-//! The session-token reader (and the CIDR and duration parsers it shares a target with):
+//! The session-token reader and verifier (and the CIDR and duration parsers it shares a target with):
 //! arbitrary query strings, Authorization headers and tokens.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
@@ -12,6 +12,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = nakama_edge::token::user_id(&text);
+    if let Some(verifier) = nakama_edge::token::Verifier::new(["fuzz-key"]) {
+        // Whatever the bytes: a verdict, never a panic.
+        let _ = verifier.verify(&text, 1_900_000_000);
+    }
     let _ = nakama_edge_config::parse_duration(&text);
     let _ = text.parse::<nakama_edge_config::IpNet>();
 });

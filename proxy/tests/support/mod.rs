@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod nakama;
 pub mod pebble;
 pub mod postgres;
 pub mod raw;
@@ -403,7 +404,13 @@ impl Edge {
             dir,
         };
         edge.write_config(nodes, sections);
-        let log = std::fs::File::create(&edge.log_path).unwrap();
+        // Appending: an upgraded process appends to the same file, and a writer with its own
+        // offset would write over the other's lines.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&edge.log_path)
+            .unwrap();
         edge.child = Command::new(edge_bin())
             .args(["run", "-c"])
             .arg(&edge.config_path)
