@@ -431,11 +431,11 @@ pub struct Pool {
     ring_len: usize,
     round_robin: Rotation,
     grpc_round_robin: Rotation,
-    console_round_robin: Rotation,
 }
 
 /// A weighted round-robin: node indexes in their smooth weighted order, and where the next
-/// pick starts. Each route has its own, so that one route's picks never set another's pace.
+/// pick starts. Each route (API, gRPC) has its own, so that one route's picks never set the
+/// other's pace.
 #[derive(Debug, Default)]
 struct Rotation {
     order: Vec<u16>,
@@ -504,7 +504,6 @@ impl Pool {
             next: AtomicUsize::new(0),
         };
         let grpc_round_robin = having(|n| n.config.grpc.is_some());
-        let console_round_robin = having(|n| n.config.console.is_some());
         let round_robin = Rotation {
             order: round_robin,
             next: AtomicUsize::new(0),
@@ -515,7 +514,6 @@ impl Pool {
             ring_len,
             round_robin,
             grpc_round_robin,
-            console_round_robin,
         }
     }
 
@@ -551,21 +549,38 @@ impl Pool {
         rotation.pick(|i| !tried.contains(i) && self.nodes[i].runtime.is_routable())
     }
 
-    /// Round-robin over routable nodes with a console address.
-    pub fn pick_console(&self, tried: Tried) -> Option<usize> {
-        self.pick_from(&self.console_round_robin, tried)
+    /// The console node for an operator: `wanted` (the name of a node the operator picked)
+    /// when it has a console and can take work; else the node their `key` (address) hashes to
+    /// among the nodes with a console, as [`Pool::pick_sticky`] does, so that one operator
+    /// keeps seeing one node's console while the nodes are independent.
+    pub fn pick_console(&self, key: &[u8], wanted: Option<&str>, tried: Tried) -> Option<usize> {
+        let can_take = |i: usize| {
+            let node = &self.nodes[i];
+            !tried.contains(i) && node.config.console.is_some() && node.runtime.is_routable()
+        };
+        wanted
+            .and_then(|name| self.nodes.iter().position(|n| n.config.name == name))
+            .filter(|&i| can_take(i))
+            .or_else(|| self.along_ring(key, can_take))
     }
 
     /// Consistent hashing: the node that owns `key` on the ring, or, when it cannot take work,
     /// the next routable node along the ring. Keys of routable nodes never move when another
-    /// node leaves or returns. The walk is bounded by the ring's size (160 points per unit of
-    /// weight, nginx's figure), which visits every node.
+    /// node leaves or returns.
     pub fn pick_sticky(&self, key: &[u8], tried: Tried) -> Option<usize> {
+        self.along_ring(key, |i| {
+            !tried.contains(i) && self.nodes[i].runtime.is_routable()
+        })
+    }
+
+    /// The first node along the ring from `key` that `can_take`. The walk is bounded by the
+    /// ring's size (160 points per unit of weight, nginx's figure), which visits every node.
+    fn along_ring(&self, key: &[u8], can_take: impl Fn(usize) -> bool) -> Option<usize> {
         self.ring
             .node_iter(key)
             .take(self.ring_len)
             .filter_map(|addr| self.nodes.iter().position(|n| n.config.address == *addr))
-            .find(|&i| !tried.contains(i) && self.nodes[i].runtime.is_routable())
+            .find(|&i| can_take(i))
     }
 }
 
@@ -760,6 +775,44 @@ mod tests {
         assert_eq!(spread(&weighted, 70, rr), vec![40, 20, 10]);
         weighted.nodes[0].runtime.mark_refused();
         assert_eq!(spread(&weighted, 30, rr), vec![0, 20, 10]);
+    }
+
+    #[test]
+    fn an_operator_keeps_one_console_unless_they_pick_one() {
+        let mut text = String::new();
+        for (name, port) in [("a", 1), ("b", 2), ("c", 3)] {
+            text.push_str(&format!(
+                "[[nodes]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\nconsole = \"127.0.0.1:{}\"\n",
+                port + 7400
+            ));
+        }
+        text.push_str("[[nodes]]\nname = \"no-console\"\naddress = \"127.0.0.1:9\"\n");
+        let pool = build(
+            &Config::parse(&text, "t").unwrap(),
+            &Registry::default(),
+            &Drains::in_memory(),
+        );
+        all_healthy(&pool);
+        let none = Tried::default();
+        let mut seen = std::collections::BTreeSet::new();
+        for operator in 0u8..40 {
+            let key = [10, 0, 0, operator];
+            let first = pool.pick_console(&key, None, none).unwrap();
+            assert!((0..5).all(|_| pool.pick_console(&key, None, none) == Some(first)));
+            assert_ne!(first, 3, "a node without a console");
+            seen.insert(first);
+        }
+        assert_eq!(seen.len(), 3, "operators spread over the consoles");
+        // A pick wins while its node can take work; otherwise the operator's own node.
+        let key = [10, 0, 0, 1];
+        let own = pool.pick_console(&key, None, none).unwrap();
+        let other = (own + 1) % 3;
+        let name = pool.nodes[other].config.name.clone();
+        assert_eq!(pool.pick_console(&key, Some(&name), none), Some(other));
+        pool.nodes[other].runtime.set_runtime_drain(true);
+        assert_eq!(pool.pick_console(&key, Some(&name), none), Some(own));
+        assert_eq!(pool.pick_console(&key, Some("no-console"), none), Some(own));
+        assert_eq!(pool.pick_console(&key, Some("unknown"), none), Some(own));
     }
 
     #[test]

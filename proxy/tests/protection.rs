@@ -6,6 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -165,6 +166,99 @@ async fn the_console_is_reachable_only_through_its_listener_from_console_allow()
     let (status, _, body) = exchange(&mut s, WHOAMI).await;
     assert_eq!(status, 200);
     assert!(body.contains("\\\"node\\\":\\\"console\\\""), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_stays_on_one_nodes_console_unless_they_pick_another() {
+    let nodes: Vec<StandIn> = ["a", "b", "c"].iter().map(|n| StandIn::start(n)).collect();
+    let consoles: Vec<StandIn> = ["console-a", "console-b", "console-c"]
+        .iter()
+        .map(|n| StandIn::start(n))
+        .collect();
+    let toml: String = nodes
+        .iter()
+        .zip(&consoles)
+        .map(|(n, c)| format!("{}console = \"{}\"\n", n.toml(), c.http))
+        .collect();
+    let edge = Edge::start_at(
+        Ports::with_console(),
+        TempDir::new("edge"),
+        &toml,
+        "[firewall]\nconsole_allow = [\"127.0.0.0/24\"]\n",
+    );
+    edge.wait_healthy(&["a", "b", "c"]).await;
+    let console_addr = edge.console.unwrap();
+    let operator = |source: &str| {
+        reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(edge.certs.ca_pem.as_bytes()).unwrap(),
+            )
+            .tls_built_in_root_certs(false)
+            .local_address(ip(source))
+            .resolve("localhost", console_addr)
+            .http1_only()
+            .build()
+            .unwrap()
+    };
+    let url = |query: &str| {
+        format!(
+            "https://localhost:{}/v2/rpc/whoami?http_key=defaulthttpkey{query}",
+            console_addr.port()
+        )
+    };
+    // The console node that answered, and the cookie it set.
+    let ask = |client: reqwest::Client, query: &'static str, cookie: Option<String>| {
+        let url = url(query);
+        async move {
+            let mut r = client.get(url);
+            if let Some(c) = cookie {
+                r = r.header("cookie", c);
+            }
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let set = r
+                .headers()
+                .get("set-cookie")
+                .map(|v| v.to_str().unwrap().to_string());
+            let v: Value = r.json().await.unwrap();
+            let payload: Value = serde_json::from_str(v["payload"].as_str().unwrap()).unwrap();
+            (payload["node"].as_str().unwrap().to_string(), set)
+        }
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for source in [
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.5",
+        "127.0.0.6",
+        "127.0.0.7",
+    ] {
+        let client = operator(source);
+        let (first, _) = ask(client.clone(), "", None).await;
+        for _ in 0..5 {
+            assert_eq!(
+                ask(client.clone(), "", None).await.0,
+                first,
+                "{source} moved"
+            );
+        }
+        seen.insert(first);
+    }
+    assert!(seen.len() >= 2, "five operators all on {seen:?}");
+
+    // An operator picks node c: answered by c's console, kept by a cookie.
+    let client = operator("127.0.0.3");
+    let (node, cookie) = ask(client.clone(), "&node=c", None).await;
+    assert_eq!(node, "console-c");
+    let cookie = cookie.expect("a cookie keeps the pick");
+    assert!(cookie.starts_with("nakama_edge_node=c;"), "{cookie}");
+    let pair = cookie.split(';').next().unwrap().to_string();
+    for _ in 0..3 {
+        assert_eq!(
+            ask(client.clone(), "", Some(pair.clone())).await.0,
+            "console-c"
+        );
+    }
 }
 
 #[tokio::test]

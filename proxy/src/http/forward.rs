@@ -1,5 +1,6 @@
 //! A request's way to a node and its answer's way back: the node picked (round-robin over the
-//! routable nodes; those with a gRPC or console address for those routes), the request sent
+//! routable nodes, those with a gRPC address for gRPC; an operator's own console node,
+//! [`super::console`]), the request sent
 //! ([`crate::upstream`]), and when that fails, another node within the rules below.
 //!
 //! **When a request goes to another node.** A request that never reached its node (the node
@@ -14,12 +15,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION};
+use http::header::{HeaderValue, CONNECTION, SET_COOKIE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::answer::{refusal, Answer, Books, Then};
+use super::console::Operator;
 use super::head::{for_node, for_player, Toward};
 use super::request::then;
 use super::Player;
@@ -42,25 +44,38 @@ pub(super) async fn to_node(
         Route::Grpc => Toward::H2c,
         _ => Toward::Http1(Keep::default()),
     };
+    let operator = (books.route == Route::Console).then(|| Operator::of(&parts, player.client));
     if let Err(status) = for_node(&mut parts, toward, &player.forwarded_for, player.proto()) {
         return refusal(status, Then::Close, books);
     }
     let head_request = parts.method == Method::HEAD;
     // Boxed: the request goes down through a few futures, and a box moves as a pointer.
     let request = Box::new(Request::from_parts(parts, Full::new(body)));
-    match send(player, &mut books, request).await {
-        Ok((response, lease)) => relay(player, response, lease, head_request, login, books),
+    match send(player, &mut books, request, operator.as_ref()).await {
+        Ok((response, lease)) => {
+            // An operator's console pick, kept for the console's next requests.
+            let cookie = operator.as_ref().and_then(|o| {
+                let node = books.snapshot().pool.nodes.get(books.node?)?;
+                o.cookie(&node.config.name)
+            });
+            let mut answer = relay(player, response, lease, head_request, login, books);
+            if let Some(cookie) = cookie {
+                answer.headers_mut().append(SET_COOKIE, cookie);
+            }
+            answer
+        }
         Err(status) => refusal(status, then(player, Then::KeepAlive), books),
     }
 }
 
 /// The answer to `request` of the first node that gives one, within the rules of the module
 /// doc; `Err`: the status the player gets instead. `books` learns the node and holds its
-/// in-flight count.
+/// in-flight count. `operator`: who asks, on the console listener.
 async fn send(
     player: &Player,
     books: &mut Books,
     mut request: Box<Request<OutBody>>,
+    operator: Option<&Operator>,
 ) -> Result<(Response<Incoming>, Option<upstream::Lease>), StatusCode> {
     let snapshot = books.snapshot().clone();
     let route = books.route;
@@ -76,7 +91,11 @@ async fn send(
         }
         let picked = match route {
             Route::Grpc => pool.pick_grpc(tried),
-            Route::Console => pool.pick_console(tried),
+            Route::Console => pool.pick_console(
+                operator.map_or(&[][..], Operator::key),
+                operator.and_then(Operator::wanted),
+                tried,
+            ),
             _ => pool.pick_round_robin(tried),
         };
         let Some(i) = picked else {

@@ -25,6 +25,7 @@
 mod answer;
 mod body;
 mod budget;
+mod console;
 mod forward;
 pub mod head;
 mod request;
