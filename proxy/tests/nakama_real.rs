@@ -254,3 +254,105 @@ async fn check_refuses_a_node_address_that_is_another_nodes_console() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("the console of node \"nakama-1\""), "{text}");
 }
+
+/// The claims of a session token.
+fn claims(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// What a test depends on in a node's answers, asked of the node at `http` directly: the
+/// shape the stand-in must share with the real server.
+async fn behaviour(http: std::net::SocketAddr) -> Value {
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://{http}{path}");
+    let health = client.get(url("/healthcheck")).send().await.unwrap();
+    let health = (health.status().as_u16(), health.text().await.unwrap());
+    let unknown = client.get(url("/v2/no-such-thing")).send().await.unwrap();
+    let unknown = (unknown.status().as_u16(), unknown.text().await.unwrap());
+    let session: Value = client
+        .post(url("/v2/account/authenticate/device?create=true"))
+        .basic_auth("defaultkey", Some(""))
+        .json(&serde_json::json!({ "id": "fidelity-device-0001" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (token, refresh) = (
+        claims(session["token"].as_str().unwrap()),
+        claims(session["refresh_token"].as_str().unwrap()),
+    );
+    let mut token_claims: Vec<String> = token.as_object().unwrap().keys().cloned().collect();
+    token_claims.sort();
+    // Two refreshes in one second (tried again when a second boundary fell between them).
+    let mut same_second_same_token = false;
+    let mut refresh_keys = Vec::new();
+    for _ in 0..5 {
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let a: Value = client
+                .post(url("/v2/account/session/refresh"))
+                .basic_auth("defaultkey", Some(""))
+                .json(&serde_json::json!({ "token": session["refresh_token"] }))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            answers.push(a);
+        }
+        refresh_keys = answers[0].as_object().unwrap().keys().cloned().collect();
+        refresh_keys.sort();
+        let iat = |a: &Value| claims(a["token"].as_str().unwrap())["iat"].clone();
+        if iat(&answers[0]) == iat(&answers[1]) {
+            same_second_same_token = answers[0]["token"] == answers[1]["token"];
+            break;
+        }
+    }
+    let client_ip = |header: (&'static str, &'static str)| {
+        let r = client
+            .get(url("/v2/rpc/whoami?http_key=defaulthttpkey"))
+            .header(header.0, header.1)
+            .send();
+        async move {
+            let v: Value = r.await.unwrap().json().await.unwrap();
+            let payload: Value = serde_json::from_str(v["payload"].as_str().unwrap()).unwrap();
+            payload["client_ip"].clone()
+        }
+    };
+    serde_json::json!({
+        "healthcheck": health,
+        "unknown_path": unknown,
+        "token_claims": token_claims,
+        "one_session_id": token["tid"] == refresh["tid"],
+        "refresh_answer": refresh_keys,
+        "same_second_same_token": same_second_same_token,
+        "client_ip_forwarded": client_ip(("x-forwarded-for", "1.1.1.1, 2.2.2.2")).await,
+        "client_ip_cloudflare": client_ip(("cf-connecting-ip", "9.9.9.9")).await,
+        "client_ip_real_ip": client_ip(("x-real-ip", "8.8.8.8")).await,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stand_in_answers_as_the_real_nakama_does() {
+    let Some(bin) = nakama::bin() else {
+        return;
+    };
+    let deployment = Deployment::new(bin);
+    let real = deployment.node("nakama-1");
+    real.wait_up().await;
+    let standin = StandIn::start("standin");
+    let (real, standin) = (behaviour(real.http).await, behaviour(standin.http).await);
+    assert_eq!(
+        real["client_ip_forwarded"], "1.1.1.1",
+        "Nakama takes the first X-Forwarded-For entry: {real:#}"
+    );
+    assert_eq!(real, standin, "real:\n{real:#}\nstand-in:\n{standin:#}");
+}

@@ -7,11 +7,19 @@
 //!   `POST /v2/account/session/refresh` → a new token for the same user;
 //! * `GET /ws?token=…` → 401 for a bad token, else a WebSocket that answers `ping` envelopes
 //!   with `pong` and the `whoami` rpc with the node's name; WebSocket pings every 15 s;
-//! * `POST|GET /v2/rpc/whoami` (Bearer or `http_key`) → the node's name and the client
-//!   address headers it saw;
-//! * gRPC over h2c: `/nakama.api.Nakama/Healthcheck` and `/nakama.api.Nakama/RpcFunc`;
-//! * SIGTERM with a grace period: keeps serving (health stays green) for the grace, then
-//!   closes its listeners and exits, WebSockets dying without a close frame.
+//! * `POST|GET /v2/rpc/whoami` (Bearer or `http_key`) → the node's name, the client address
+//!   as Nakama takes it (`client_ip`: the first `X-Forwarded-For` entry, else the peer; never
+//!   `X-Real-IP` or `CF-Connecting-IP`) and the address headers it saw;
+//! * a path it does not serve → 404 `{"code":5,"message":"Not Found"}`;
+//! * session tokens as Nakama's: token and refresh token of one `tid`, no `vrs` without
+//!   session vars, and a refresh within the same second gives the same tokens;
+//! * gRPC over h2c, on the API port - 1 unless `--grpc` says otherwise:
+//!   `/nakama.api.Nakama/Healthcheck` and `/nakama.api.Nakama/RpcFunc`;
+//! * SIGTERM: exits at once (Nakama with no authoritative match running); with
+//!   `--shutdown-grace` (Nakama with one, for `shutdown_grace_sec`) keeps serving, health
+//!   green, for the grace first. WebSockets die without a close frame (players see 1006).
+//!
+//! `proxy/tests/nakama_real.rs` checks these against the real server.
 //!
 //! And, for tests only: `POST /standin/health/fail|pass` switches its health check, and
 //! `GET /standin/stats` counts its open WebSockets.

@@ -1,7 +1,7 @@
 //! `nakama-standin`: see the crate documentation.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,6 +149,21 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let http_addr = http.local_addr()?;
+    // Nakama serves gRPC on its API port - 1.
+    let grpc = match grpc {
+        Some(grpc) => Some(grpc),
+        None => match http_addr.port().checked_sub(1).filter(|p| *p > 0) {
+            Some(port) => {
+                let addr = SocketAddr::new(http_addr.ip(), port);
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("bind {addr} (the API port - 1, for gRPC)"))?,
+                )
+            }
+            None => None,
+        },
+    };
     let grpc_addr = grpc.as_ref().map(|g| g.local_addr()).transpose()?;
     println!(
         "LISTENING name={} http={http_addr} grpc={}",
@@ -178,7 +193,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(listener: TcpListener, node: Arc<Node>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -186,7 +201,8 @@ async fn serve(listener: TcpListener, node: Arc<Node>) {
         tokio::spawn(async move {
             node.connections.fetch_add(1, Ordering::Relaxed);
             let counted = node.clone();
-            let service = hyper::service::service_fn(move |req| handle(node.clone(), req));
+            let service =
+                hyper::service::service_fn(move |req| handle(node.clone(), peer.ip(), req));
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
@@ -251,7 +267,14 @@ async fn authenticate_email(node: &Node, req: Request<Incoming>) -> Response<Bod
         None => return error(StatusCode::NOT_FOUND, "User account not found."),
     };
     let uid = token::user_id_for_device(email);
-    session(node, &uid, &format!("user{}", &uid[..8]), created)
+    let tid = uuid::Uuid::new_v4().to_string();
+    session(
+        node,
+        &tid,
+        &uid,
+        &format!("user{}", &uid[..8]),
+        Some(created),
+    )
 }
 
 fn basic_ok(node: &Node, req: &Request<Incoming>) -> bool {
@@ -264,7 +287,11 @@ fn basic_ok(node: &Node, req: &Request<Incoming>) -> bool {
         == Some(expected.as_str())
 }
 
-async fn handle(node: Arc<Node>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    node: Arc<Node>,
+    peer: IpAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     // Requests as Nakama would see them; health checks and the test-control endpoints are
     // counted apart.
@@ -326,10 +353,14 @@ async fn handle(node: Arc<Node>, mut req: Request<Incoming>) -> Result<Response<
                     .unwrap_or(1000);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
-            rpc(&node, &req, &id, body_bytes)
+            rpc(&node, &req, &id, body_bytes, peer)
         }
-        (Method::GET, "/ws") => websocket(node.clone(), &mut req),
-        _ => error(StatusCode::NOT_FOUND, "not found"),
+        (Method::GET, "/ws") => websocket(node.clone(), &mut req, peer),
+        // Nakama's answer to a path it does not serve.
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"code": 5, "message": "Not Found"}),
+        ),
     };
     Ok(resp)
 }
@@ -339,15 +370,23 @@ async fn body_json(req: Request<Incoming>) -> Option<serde_json::Value> {
     serde_json::from_slice(&bytes).ok()
 }
 
-fn session(node: &Node, uid: &str, username: &str, created: bool) -> Response<Body> {
-    json(
-        StatusCode::OK,
-        serde_json::json!({
-            "token": token::issue(&node.session_key, uid, username, 3600),
-            "refresh_token": token::issue(&node.session_key, uid, username, 7 * 24 * 3600),
-            "created": created,
-        }),
-    )
+/// A session as Nakama answers an authentication: a token and a refresh token of one session
+/// id (`tid`). `created`: `None` for a refresh, whose answer has no `created`.
+fn session(
+    node: &Node,
+    tid: &str,
+    uid: &str,
+    username: &str,
+    created: Option<bool>,
+) -> Response<Body> {
+    let mut answer = serde_json::json!({
+        "token": token::issue(&node.session_key, tid, uid, username, 3600),
+        "refresh_token": token::issue(&node.session_key, tid, uid, username, 7 * 24 * 3600),
+    });
+    if let Some(created) = created {
+        answer["created"] = created.into();
+    }
+    json(StatusCode::OK, answer)
 }
 
 async fn authenticate_device(node: &Node, req: Request<Incoming>) -> Response<Body> {
@@ -369,7 +408,8 @@ async fn authenticate_device(node: &Node, req: Request<Incoming>) -> Response<Bo
     };
     let uid = token::user_id_for_device(id);
     let username = username.unwrap_or_else(|| format!("user{}", &uid[..8]));
-    session(node, &uid, &username, true)
+    let tid = uuid::Uuid::new_v4().to_string();
+    session(node, &tid, &uid, &username, Some(true))
 }
 
 async fn refresh(node: &Node, req: Request<Incoming>) -> Response<Body> {
@@ -388,14 +428,35 @@ async fn refresh(node: &Node, req: Request<Incoming>) -> Response<Body> {
             "Refresh token invalid or expired.",
         );
     };
-    let (uid, usn) = (
+    let (tid, uid, usn) = (
+        claims["tid"].as_str().unwrap_or(""),
         claims["uid"].as_str().unwrap_or(""),
         claims["usn"].as_str().unwrap_or(""),
     );
-    session(node, uid, usn, false)
+    // The same session: within one second, the same tokens (as Nakama's).
+    session(node, tid, uid, usn, None)
 }
 
-fn whoami<B>(node: &Node, req: &Request<B>, uid: Option<&str>, body_bytes: usize) -> String {
+/// The client address Nakama gives the runtime (`ctx.clientIp`): the first entry of the first
+/// `X-Forwarded-For`, else the peer's address. `X-Real-IP`, `CF-Connecting-IP` and the like
+/// are not read.
+fn client_ip<B>(req: &Request<B>, peer: IpAddr) -> String {
+    req.headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| peer.to_string(), str::to_string)
+}
+
+fn whoami<B>(
+    node: &Node,
+    req: &Request<B>,
+    uid: Option<&str>,
+    body_bytes: usize,
+    peer: IpAddr,
+) -> String {
     let h = |name: &str| {
         req.headers()
             .get(name)
@@ -405,6 +466,7 @@ fn whoami<B>(node: &Node, req: &Request<B>, uid: Option<&str>, body_bytes: usize
     serde_json::json!({
         "node": node.name,
         "uid": uid,
+        "client_ip": client_ip(req, peer),
         "x_forwarded_for": h("x-forwarded-for"),
         "x_forwarded_proto": h("x-forwarded-proto"),
         "x_real_ip": h("x-real-ip"),
@@ -421,7 +483,13 @@ fn whoami<B>(node: &Node, req: &Request<B>, uid: Option<&str>, body_bytes: usize
     .to_string()
 }
 
-fn rpc<B>(node: &Node, req: &Request<B>, id: &str, body_bytes: usize) -> Response<Body> {
+fn rpc<B>(
+    node: &Node,
+    req: &Request<B>,
+    id: &str,
+    body_bytes: usize,
+    peer: IpAddr,
+) -> Response<Body> {
     let claims = bearer(req).and_then(|t| token::verify(&node.session_key, t));
     let http_key_ok = query_param(req, "http_key") == Some("defaulthttpkey");
     if claims.is_none() && !http_key_ok {
@@ -432,7 +500,7 @@ fn rpc<B>(node: &Node, req: &Request<B>, id: &str, body_bytes: usize) -> Respons
             let uid = claims.as_ref().and_then(|c| c["uid"].as_str());
             json(
                 StatusCode::OK,
-                serde_json::json!({"id": id, "payload": whoami(node, req, uid, body_bytes)}),
+                serde_json::json!({"id": id, "payload": whoami(node, req, uid, body_bytes, peer)}),
             )
         }
         // An answer carrying hop-by-hop headers, as some servers and proxies behind Nakama
@@ -464,7 +532,7 @@ fn rpc<B>(node: &Node, req: &Request<B>, id: &str, body_bytes: usize) -> Respons
     }
 }
 
-fn websocket(node: Arc<Node>, req: &mut Request<Incoming>) -> Response<Body> {
+fn websocket(node: Arc<Node>, req: &mut Request<Incoming>, peer: IpAddr) -> Response<Body> {
     let token = query_param(req, "token").or_else(|| bearer(req));
     let Some(claims) = token.and_then(|t| token::verify(&node.session_key, t)) else {
         return error(StatusCode::UNAUTHORIZED, "Auth token invalid");
@@ -476,7 +544,7 @@ fn websocket(node: Arc<Node>, req: &mut Request<Incoming>) -> Response<Body> {
     else {
         return error(StatusCode::BAD_REQUEST, "not a WebSocket upgrade");
     };
-    let info = whoami(&node, req, claims["uid"].as_str(), 0);
+    let info = whoami(&node, req, claims["uid"].as_str(), 0, peer);
     let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };

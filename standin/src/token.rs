@@ -1,4 +1,5 @@
-//! Nakama-shaped session tokens: HS256 JWTs with `tid`, `uid`, `usn`, `vrs`, `exp`, `iat`.
+//! Nakama-shaped session tokens: HS256 JWTs with `tid`, `uid`, `usn`, `exp`, `iat` (and `vrs`
+//! when a session has vars, which the stand-in's never have).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -28,15 +29,15 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Issue a token for `uid`, valid for `ttl_secs`.
-pub fn issue(key: &str, uid: &str, username: &str, ttl_secs: u64) -> String {
+/// Issue a token of session `tid` for `uid`, valid for `ttl_secs`. As Nakama's: no `vrs` when
+/// there are no session vars, and the same claims in the same second make the same token.
+pub fn issue(key: &str, tid: &str, uid: &str, username: &str, ttl_secs: u64) -> String {
     let iat = now();
     let header = B64.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
     let claims = serde_json::json!({
-        "tid": uuid::Uuid::new_v4().to_string(),
+        "tid": tid,
         "uid": uid,
         "usn": username,
-        "vrs": {},
         "exp": iat + ttl_secs,
         "iat": iat,
     });

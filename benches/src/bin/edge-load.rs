@@ -471,7 +471,7 @@ impl Target {
     async fn open(&self, n: u64) -> std::io::Result<Ws> {
         let source = self.sources[n as usize % self.sources.len()];
         let user = format!("bench-{}-{n}", std::process::id());
-        let token = nakama_standin::token::issue(&self.key, &user, &user, 24 * 3600);
+        let token = nakama_standin::token::issue(&self.key, &user, &user, &user, 24 * 3600);
         let url = format!("{}?lang=en&status=true&token={token}", self.url);
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::new(source, 0))?;
