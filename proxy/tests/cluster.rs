@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -358,7 +358,7 @@ async fn a_drain_through_one_edge_applies_on_every_edge_and_drain_wait_counts_al
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nakama_js_player_reconnecting_through_another_edge_lands_on_the_same_node() {
-    install_js_client();
+    js::install();
     let pg = Postgres::start();
     let (_nodes, edges) = tls_cluster(&pg, 2, &["a", "b", "c"]).await;
     // Each test edge has its own test CA: the client trusts both.
@@ -373,7 +373,7 @@ async fn a_nakama_js_player_reconnecting_through_another_edge_lands_on_the_same_
         Command::new("node")
             .arg("two_edges.mjs")
             .arg("10")
-            .current_dir(js_dir())
+            .current_dir(js::dir())
             .env("EDGE_A", "127.0.0.2")
             .env("EDGE_B", "127.0.0.3")
             .env("EDGE_PORT", port)
@@ -409,22 +409,6 @@ async fn a_nakama_js_player_reconnecting_through_another_edge_lands_on_the_same_
         used.insert(nodes[0].to_string());
     }
     assert!(used.len() >= 2, "players spread over the nodes: {used:?}");
-}
-
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js")
-}
-
-fn install_js_client() {
-    if js_dir().join("node_modules/@heroiclabs/nakama-js").exists() {
-        return;
-    }
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(js_dir())
-        .status()
-        .expect("npm is needed for the nakama-js tests");
-    assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread")]

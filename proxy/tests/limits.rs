@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -340,20 +339,9 @@ async fn five_hundred_devices_authenticate_and_open_a_socket_from_one_address_wi
     }
 }
 
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dozen_nakama_js_players_behind_one_address_are_never_limited_with_the_defaults() {
-    if !js_dir().join("node_modules/@heroiclabs/nakama-js").exists() {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(js_dir())
-            .status()
-            .expect("npm is needed for the nakama-js tests");
-        assert!(status.success());
-    }
+    js::install();
     let (_nodes, edge) = cluster_with(&["a", "b", "c"], DEFAULT_LIMITS).await;
     let ca = edge.dir().join("ca.pem");
     std::fs::write(&ca, &edge.certs.ca_pem).unwrap();
@@ -362,7 +350,7 @@ async fn a_dozen_nakama_js_players_behind_one_address_are_never_limited_with_the
         Command::new("node")
             .arg("sticky.mjs")
             .arg("12")
-            .current_dir(js_dir())
+            .current_dir(js::dir())
             .env("EDGE_PORT", port)
             .env("NODE_EXTRA_CA_CERTS", ca)
             .env("SOURCES", "127.0.0.1")

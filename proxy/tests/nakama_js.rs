@@ -3,34 +3,13 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 
 use support::*;
 
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js")
-}
-
-/// Install the JS client from the npm registry (pinned by package-lock.json) if it is not yet.
-fn install_js_client() {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _one = LOCK.lock().unwrap();
-    if js_dir().join("node_modules/@heroiclabs/nakama-js").exists() {
-        return;
-    }
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(js_dir())
-        .status()
-        .expect("npm is needed for the nakama-js tests (the CI script installs it)");
-    assert!(status.success(), "npm ci failed in {}", js_dir().display());
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn nakama_js_players_keep_their_node_across_addresses_and_refreshes() {
-    install_js_client();
+    js::install();
     let (_nodes, edge) = cluster(&["a", "b", "c"]).await;
     let ca = edge.dir().join("ca.pem");
     std::fs::write(&ca, &edge.certs.ca_pem).unwrap();
@@ -40,7 +19,7 @@ async fn nakama_js_players_keep_their_node_across_addresses_and_refreshes() {
         Command::new("node")
             .arg("sticky.mjs")
             .arg("12")
-            .current_dir(js_dir())
+            .current_dir(js::dir())
             .env("EDGE_PORT", port)
             .env("NODE_EXTRA_CA_CERTS", ca)
             .output()
@@ -86,7 +65,7 @@ async fn nakama_js_players_keep_their_node_while_a_discovered_node_joins() {
     use std::process::Stdio;
     use support::dns::{port_free_on, ARecords};
 
-    install_js_client();
+    js::install();
     let ips = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
     let dns = ARecords::start().await;
     dns.set("nakama.test.", &ips[..2]).await;
@@ -118,7 +97,7 @@ async fn nakama_js_players_keep_their_node_while_a_discovered_node_joins() {
     let mut js = Command::new("node")
         .arg("join.mjs")
         .arg(PLAYERS.to_string())
-        .current_dir(js_dir())
+        .current_dir(js::dir())
         .env("EDGE_PORT", edge.https.port().to_string())
         .env("NODE_EXTRA_CA_CERTS", &ca)
         .stdin(Stdio::piped())

@@ -356,3 +356,75 @@ async fn the_stand_in_answers_as_the_real_nakama_does() {
     );
     assert_eq!(real, standin, "real:\n{real:#}\nstand-in:\n{standin:#}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_calls_go_round_robin_to_the_nodes_grpc_ports() {
+    let Some((_deployment, _nodes, edge)) = deployment("").await else {
+        return;
+    };
+    // An `Rpc` message: id (field 1) and http_key (field 3).
+    let mut rpc = Vec::new();
+    for (tag, value) in [(0x0a_u8, "whoami"), (0x1a, "defaulthttpkey")] {
+        rpc.push(tag);
+        rpc.push(value.len() as u8);
+        rpc.extend_from_slice(value.as_bytes());
+    }
+    let mut nodes = Vec::new();
+    for _ in 0..6 {
+        let text = edge.grpc("/nakama.api.Nakama/RpcFunc", &rpc);
+        assert!(text.starts_with("HTTP/2 200"), "{text}");
+        assert!(text.contains("grpc-status: 0"), "{text}");
+        let node = text
+            .split("\\\"node\\\":\\\"")
+            .nth(1)
+            .or_else(|| text.split("\"node\":\"").nth(1))
+            .and_then(|s| s.split(['"', '\\']).next())
+            .unwrap_or_else(|| panic!("no node in {text}"))
+            .to_string();
+        nodes.push(node);
+    }
+    nodes.sort();
+    assert_eq!(
+        nodes,
+        ["nakama-1", "nakama-1", "nakama-2", "nakama-2", "nakama-3", "nakama-3"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nakama_js_players_keep_their_node_across_addresses_and_refreshes() {
+    let Some((_deployment, _nodes, edge)) = deployment("").await else {
+        return;
+    };
+    let ca = edge.dir().join("ca.pem");
+    std::fs::write(&ca, &edge.certs.ca_pem).unwrap();
+    let out = js::run(
+        "sticky.mjs",
+        &["8"],
+        &[
+            ("EDGE_PORT", edge.https.port().to_string()),
+            ("NODE_EXTRA_CA_CERTS", ca.display().to_string()),
+        ],
+    )
+    .await;
+    let players: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(players.len(), 8);
+    let mut used = std::collections::BTreeSet::new();
+    for p in &players {
+        let nodes: Vec<&str> = p["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        assert_eq!(nodes.len(), 4, "{p}");
+        assert!(
+            nodes.iter().all(|n| *n == nodes[0]),
+            "{} moved: {nodes:?}",
+            p["device"]
+        );
+        assert_eq!(p["refreshed"], true, "the refresh gave a new token: {p}");
+        assert_eq!(p["userId"], p["refreshedUserId"]);
+        used.insert(nodes[0].to_string());
+    }
+    assert!(used.len() >= 2, "eight players all on {used:?}");
+}

@@ -34,27 +34,35 @@ async function nodeBehind(session, source) {
   return JSON.parse(rpc.payload).node;
 }
 
+// Nakama gives the same token to a refresh within the second the session was made: the
+// refreshes wait for the next second, once, so that each reconnects with a new token.
+const nextSecond = () => new Promise((r) => setTimeout(r, 1010 - (Date.now() % 1000)));
+
 const results = [];
-for (let round = 0; round < rounds; round++)
-for (let i = 0; i < players; i++) {
-  const device = `nakama-js-device-${String(i).padStart(4, "0")}`;
-  const session = await client.authenticateDevice(device, true);
-  const nodes = [];
-  for (const source of sources) {
-    nodes.push(await nodeBehind(session, source));
+for (let round = 0; round < rounds; round++) {
+  const sessions = [];
+  for (let i = 0; i < players; i++) {
+    const device = `nakama-js-device-${String(i).padStart(4, "0")}`;
+    const session = await client.authenticateDevice(device, true);
+    const nodes = [];
+    for (const source of sources) {
+      nodes.push(await nodeBehind(session, source));
+    }
+    sessions.push({ device, session, nodes, tokenBefore: session.token, userIdBefore: session.user_id });
   }
-  const tokenBefore = session.token;
-  const userIdBefore = session.user_id;
-  // nakama-js updates the session object in place.
-  const refreshed = await client.sessionRefresh(session);
-  nodes.push(await nodeBehind(refreshed, sources[sources.length > 1 ? 1 : 0]));
-  results.push({
-    device,
-    userId: userIdBefore,
-    refreshedUserId: refreshed.user_id,
-    nodes,
-    refreshed: refreshed.token !== tokenBefore,
-  });
+  await nextSecond();
+  for (const { device, session, nodes, tokenBefore, userIdBefore } of sessions) {
+    // nakama-js updates the session object in place.
+    const refreshed = await client.sessionRefresh(session);
+    nodes.push(await nodeBehind(refreshed, sources[sources.length > 1 ? 1 : 0]));
+    results.push({
+      device,
+      userId: userIdBefore,
+      refreshedUserId: refreshed.user_id,
+      nodes,
+      refreshed: refreshed.token !== tokenBefore,
+    });
+  }
 }
 console.log(JSON.stringify(results));
 process.exit(0);

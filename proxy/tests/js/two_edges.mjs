@@ -26,15 +26,22 @@ async function nodeBehind(client, session) {
   return JSON.parse(rpc.payload).node;
 }
 
-const results = [];
+// Nakama gives the same token to a refresh within the second the session was made: the
+// refreshes wait for the next second, once, so that each reconnects with a new token.
+const nextSecond = () => new Promise((r) => setTimeout(r, 1010 - (Date.now() % 1000)));
+
+const sessions = [];
 for (let i = 0; i < players; i++) {
   const device = `two-edges-device-${String(i).padStart(4, "0")}`;
   const session = await throughA.authenticateDevice(device, true);
   const nodes = [];
   nodes.push(await nodeBehind(throughA, session));
   nodes.push(await nodeBehind(throughB, session));
-  const tokenBefore = session.token;
-  const userIdBefore = session.user_id;
+  sessions.push({ device, session, nodes, tokenBefore: session.token, userIdBefore: session.user_id });
+}
+await nextSecond();
+const results = [];
+for (const { device, session, nodes, tokenBefore, userIdBefore } of sessions) {
   const refreshed = await throughB.sessionRefresh(session);
   nodes.push(await nodeBehind(throughB, refreshed));
   results.push({

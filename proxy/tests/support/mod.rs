@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod js;
 pub mod nakama;
 pub mod pebble;
 pub mod postgres;
@@ -559,6 +560,31 @@ impl Edge {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// A gRPC call of `method` (`/nakama.api.Nakama/RpcFunc`) carrying `message` (protobuf)
+    /// through the https listener over h2, by curl: the answer's head, body and trailers.
+    pub fn grpc(&self, method: &str, message: &[u8]) -> String {
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(message);
+        let path = self.dir().join(format!("grpc-frame-{}", free_port()));
+        std::fs::write(&path, frame).unwrap();
+        let out = self.curl(&[
+            "--http2",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "--data-binary",
+            &format!("@{}", path.display()),
+            "-D",
+            "-",
+            "-o",
+            "-",
+            &self.url(method),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Run curl against this edge, trusting its CA and with `localhost` resolving to its https
