@@ -44,17 +44,19 @@ pub(super) async fn to_node(
         Route::Grpc => Toward::H2c,
         _ => Toward::Http1(Keep::default()),
     };
-    let operator = (books.route == Route::Console).then(|| Operator::of(&parts, player.client));
+    // Boxed: only console requests have one, and every request's future would carry it.
+    let operator =
+        (books.route == Route::Console).then(|| Box::new(Operator::of(&parts, player.client)));
     if let Err(status) = for_node(&mut parts, toward, &player.forwarded_for, player.proto()) {
         return refusal(status, Then::Close, books);
     }
     let head_request = parts.method == Method::HEAD;
     // Boxed: the request goes down through a few futures, and a box moves as a pointer.
     let request = Box::new(Request::from_parts(parts, Full::new(body)));
-    match send(player, &mut books, request, operator.as_ref()).await {
+    match send(player, &mut books, request, operator.as_deref()).await {
         Ok((response, lease)) => {
             // An operator's console pick, kept for the console's next requests.
-            let cookie = operator.as_ref().and_then(|o| {
+            let cookie = operator.as_deref().and_then(|o| {
                 let node = books.snapshot().pool.nodes.get(books.node?)?;
                 o.cookie(&node.config.name)
             });
