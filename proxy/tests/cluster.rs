@@ -358,7 +358,6 @@ async fn a_drain_through_one_edge_applies_on_every_edge_and_drain_wait_counts_al
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nakama_js_player_reconnecting_through_another_edge_lands_on_the_same_node() {
-    js::install();
     let pg = Postgres::start();
     let (_nodes, edges) = tls_cluster(&pg, 2, &["a", "b", "c"]).await;
     // Each test edge has its own test CA: the client trusts both.
@@ -368,46 +367,18 @@ async fn a_nakama_js_player_reconnecting_through_another_edge_lands_on_the_same_
         format!("{}{}", edges[0].certs.ca_pem, edges[1].certs.ca_pem),
     )
     .unwrap();
-    let port = edges[0].https.port().to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg("two_edges.mjs")
-            .arg("10")
-            .current_dir(js::dir())
-            .env("EDGE_A", "127.0.0.2")
-            .env("EDGE_B", "127.0.0.3")
-            .env("EDGE_PORT", port)
-            .env("NODE_EXTRA_CA_CERTS", ca)
-            .output()
-            .expect("node is needed for the nakama-js tests")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "node failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let players: Vec<serde_json::Value> = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(players.len(), 10);
-    let mut used = std::collections::HashSet::new();
-    for p in &players {
-        let nodes: Vec<&str> = p["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| n.as_str().unwrap())
-            .collect();
-        assert_eq!(nodes.len(), 3);
-        assert!(
-            nodes.iter().all(|n| *n == nodes[0]),
-            "{} moved: {nodes:?}",
-            p["device"]
-        );
-        assert_eq!(p["refreshed"], true);
-        used.insert(nodes[0].to_string());
-    }
+    let out = js::run(
+        "two_edges.mjs",
+        &["10"],
+        &[
+            ("EDGE_A", "127.0.0.2".to_string()),
+            ("EDGE_B", "127.0.0.3".to_string()),
+            ("EDGE_PORT", edges[0].https.port().to_string()),
+            ("NODE_EXTRA_CA_CERTS", ca.display().to_string()),
+        ],
+    )
+    .await;
+    let used = js::players_kept_their_node(&out.stdout, 10, 3);
     assert!(used.len() >= 2, "players spread over the nodes: {used:?}");
 }
 

@@ -47,3 +47,37 @@ pub async fn run(script: &str, args: &[&str], env: &[(&str, String)]) -> Output 
     );
     out
 }
+
+/// What a sticky-socket script (`sticky.mjs`, `two_edges.mjs`) printed about `players`
+/// players, each asking `asks` times which node was behind its socket (from other addresses,
+/// through other edges, after a refresh): every player kept one node throughout, and the
+/// refresh gave a new token for the same user. The nodes the players used.
+pub fn players_kept_their_node(
+    stdout: &[u8],
+    players: usize,
+    asks: usize,
+) -> std::collections::BTreeSet<String> {
+    let report: Vec<serde_json::Value> = serde_json::from_slice(stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(stdout));
+    });
+    assert_eq!(report.len(), players);
+    let mut used = std::collections::BTreeSet::new();
+    for p in &report {
+        let nodes: Vec<&str> = p["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        assert_eq!(nodes.len(), asks, "{p}");
+        assert!(
+            nodes.iter().all(|n| *n == nodes[0]),
+            "{} moved: {nodes:?}",
+            p["device"]
+        );
+        assert_eq!(p["refreshed"], true, "the refresh gave a new token: {p}");
+        assert_eq!(p["userId"], p["refreshedUserId"]);
+        used.insert(nodes[0].to_string());
+    }
+    used
+}
