@@ -1,4 +1,5 @@
-//! The `nakama-edge` command: `run`, `check`, `drain`, `undrain` (see CONTRACT.md).
+//! The `nakama-edge` command: `run`, `check`, `drain`, `undrain` (see CONTRACT.md), and
+//! `ready` (a health check for containers, which have no curl).
 //!
 //! Exit status: 0 on success, 1 on a user error (bad config, unknown node), 2 on anything else.
 
@@ -76,6 +77,17 @@ enum Command {
         /// With --wait: give up after this long (exit 1).
         #[arg(long, default_value = "10m", value_parser = parse_duration)]
         timeout: Duration,
+    },
+    /// Ask a running edge whether it is ready (its admin /readyz): exit 0 if so, 1 if not or
+    /// if it does not answer. For a container HEALTHCHECK, where no curl is at hand.
+    Ready {
+        /// Find the admin listener in this config file (an unspecified address is asked on
+        /// loopback).
+        #[arg(short, long, conflicts_with = "admin")]
+        config: Option<PathBuf>,
+        /// The admin API address, when no config is given.
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        admin: String,
     },
     /// Put a drained node back.
     Undrain {
@@ -173,6 +185,27 @@ fn execute(command: Command) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Ready { config, admin } => {
+            let admin = match config {
+                Some(path) => admin_of(&Config::load(&path).map_err(config_failure)?)?,
+                None => admin,
+            };
+            // Whatever keeps the answer from being yes is "not ready" (exit 1), an unreachable
+            // edge included: a health check knows no third state.
+            match admin_request(&admin, "GET", "/readyz") {
+                Ok((200, body)) => {
+                    println!("{}", body.trim());
+                    Ok(())
+                }
+                Ok((status, body)) => Err(Failure::User(format!(
+                    "not ready ({status}): {}",
+                    body.trim()
+                ))),
+                Err(Failure::User(msg) | Failure::Other(msg)) => {
+                    Err(Failure::User(format!("not ready: {msg}")))
+                }
+            }
+        }
         Command::Undrain { node, admin } => {
             let shown = post_drain(&admin, &node, "undrain")?;
             let by_config = serde_json::from_str::<serde_json::Value>(&shown)
@@ -194,6 +227,22 @@ fn execute(command: Command) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// Where a config's admin listener is asked from this host: its address, with an unspecified
+/// IP (`0.0.0.0`, `::`) replaced by loopback of the same family.
+fn admin_of(config: &Config) -> Result<String, Failure> {
+    let mut addr = config
+        .listeners
+        .admin
+        .ok_or_else(|| Failure::User("the config has no admin listener".into()))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Ok(addr.to_string())
 }
 
 /// A minimal HTTP/1.1 exchange with the admin API: (status, body).

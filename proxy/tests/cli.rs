@@ -168,3 +168,46 @@ async fn run_without_a_config_serves_the_embedded_default() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `nakama-edge ready`, a container's HEALTHCHECK: exit 0 while /readyz says yes, 1 when it
+/// says no (no routable node) or nothing answers; the admin address read from the config.
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_follows_readyz_and_finds_the_admin_listener_in_the_config() {
+    let (nodes, mut edge) = cluster(&["a"]).await;
+    let ready = |args: &[&str]| {
+        let out = Command::new(edge_bin())
+            .arg("ready")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let config = edge.config_path.to_string_lossy().to_string();
+    let admin = edge.admin.to_string();
+
+    let (code, said) = tokio::task::block_in_place(|| ready(&["-c", &config]));
+    assert_eq!(code, 0, "{said}");
+    assert!(said.starts_with("ready"), "{said}");
+    assert_eq!(
+        tokio::task::block_in_place(|| ready(&["--admin", &admin])).0,
+        0
+    );
+
+    nodes[0].set_healthy(false).await;
+    eventually("node a out of rotation", || async {
+        edge.node_state("a").await == "unhealthy"
+    })
+    .await;
+    let (code, said) = tokio::task::block_in_place(|| ready(&["-c", &config]));
+    assert_eq!(code, 1, "{said}");
+    assert!(said.starts_with("not ready (503)"), "{said}");
+
+    edge.signal(libc::SIGTERM);
+    edge.exited("SIGTERM").await;
+    let (code, said) = tokio::task::block_in_place(|| ready(&["--admin", &admin]));
+    assert_eq!(code, 1, "nothing answering is not ready: {said}");
+}
