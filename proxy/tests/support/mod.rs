@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod containers;
 pub mod dns;
 pub mod js;
 pub mod nakama;
@@ -31,19 +32,29 @@ use tokio_tungstenite::tungstenite::Message;
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Wait until `check` is true, polling; panic after [`DEADLINE`].
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + DEADLINE;
+    eventually_within(what, DEADLINE, check).await
+}
+
+/// [`eventually`] with a deadline of its own (for what takes longer by nature, such as a
+/// container stack coming up).
+pub async fn eventually_within<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
     loop {
         if check().await {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "timed out after {DEADLINE:?} waiting for {what}"
+            "timed out after {limit:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
