@@ -5,6 +5,7 @@
 //
 // Usage: EDGE_A=127.0.0.2 EDGE_B=127.0.0.3 EDGE_PORT=8443 NODE_EXTRA_CA_CERTS=ca.pem \
 //        node two_edges.mjs PLAYERS
+//   EDGE_A_PORT, EDGE_B_PORT: each edge's own port, where they differ (default EDGE_PORT).
 // Prints one JSON line: [{device, userId, nodes: [...], refreshed: bool}, ...]
 
 import { Client } from "@heroiclabs/nakama-js";
@@ -15,8 +16,8 @@ globalThis.WebSocket = WebSocketImpl;
 
 const port = process.env.EDGE_PORT;
 const players = Number(process.argv[2] ?? "10");
-const throughA = new Client("defaultkey", process.env.EDGE_A, port, true, 10000);
-const throughB = new Client("defaultkey", process.env.EDGE_B, port, true, 10000);
+const throughA = new Client("defaultkey", process.env.EDGE_A, process.env.EDGE_A_PORT ?? port, true, 10000);
+const throughB = new Client("defaultkey", process.env.EDGE_B, process.env.EDGE_B_PORT ?? port, true, 10000);
 
 async function nodeBehind(client, session) {
   const socket = client.createSocket(true, false);
