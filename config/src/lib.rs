@@ -17,7 +17,8 @@
 //!   ([`ConfigError::Invalid`]), each with its line and column.
 //! * [`watch`] reports changes to files on disk, for hot reload.
 //!
-//! The schema is the one of `CONTRACT.md`; unknown keys are errors.
+//! The schema, every key and its default, is documented in `docs/config.md` (checked against
+//! this parser by `proxy/tests/reference.rs`); unknown keys are errors.
 
 mod duration;
 mod schema;

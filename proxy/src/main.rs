@@ -1,4 +1,4 @@
-//! The `nakama-edge` command: `run`, `check`, `drain`, `undrain` (see CONTRACT.md), and
+//! The `nakama-edge` command (docs/cli.md): `run`, `check`, `drain`, `undrain`, and
 //! `ready` (a health check for containers, which have no curl).
 //!
 //! Exit status: 0 on success, 1 on a user error (bad config, unknown node), 2 on anything else.

@@ -1,4 +1,4 @@
-//! The Prometheus metrics of `CONTRACT.md`, registered once, rendered on `/metrics`.
+//! The Prometheus metrics (docs/metrics.md), registered once, rendered on `/metrics`.
 //!
 //! Per-request counters are looked up by label values that are all `&'static str` (status
 //! codes come from a table), so counting a request allocates nothing. Node gauges are derived

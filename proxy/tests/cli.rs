@@ -1,4 +1,4 @@
-//! The command line of CONTRACT.md: check, drain, undrain, and `run` with no config.
+//! The command line of docs/cli.md: check, drain, undrain, ready, and `run` with no config.
 
 mod support;
 

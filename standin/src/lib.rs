@@ -1,6 +1,7 @@
 //! A stand-in Nakama node for nakama-edge's tests and benchmarks.
 //!
-//! It behaves like Nakama 3.x where the edge can see it (see FIELD-NOTES.md):
+//! It behaves like Nakama 3.x where the edge can see it (`proxy/tests/nakama_real.rs` asks
+//! both the same questions and compares the answers):
 //!
 //! * `GET /healthcheck` → `200 {}`; `GET /` → 200, empty body;
 //! * `POST /v2/account/authenticate/device` (Basic server key) → a session, and

@@ -22,7 +22,7 @@ pub fn podman() -> Option<&'static Podman> {
 }
 
 /// `CONTAINERS_CONF` for every podman command: the caller's, else one for a sandbox that
-/// refuses rlimit changes and has no systemd (FIELD-NOTES: no default ulimits, no pids limit,
+/// refuses rlimit changes and has no systemd (no default ulimits, no pids limit,
 /// cgroupfs, runc).
 fn conf() -> Option<PathBuf> {
     if std::env::var_os("CONTAINERS_CONF").is_some() {
