@@ -40,6 +40,25 @@
 //! | [`metrics`] | Prometheus metrics |
 //! | [`logging`] | log level and format, the access log |
 //! | [`allocator`] | giving memory back after a burst: worker threads flush their allocator caches |
+//! | [`ws_close`] | WebSockets closed at a drain's timeout and on shutdown, with a close frame |
+//!
+//! Where each config section (`docs/config.md`) takes effect:
+//!
+//! | section | file |
+//! | --- | --- |
+//! | `[server]` | [`server`] (threads, grace period, upgrade socket); `state_dir` in [`drains`] and [`acme`] |
+//! | `[listeners]` | [`server`] (binding), [`accept`]; `http_redirect` in [`route`] |
+//! | `[tls]`, `[acme]` | [`server`] (which certificate source), [`acme`] |
+//! | `[nakama]` | [`token`] (verifying), read through [`state`] by [`limits`] and [`http`] |
+//! | `[[nodes]]` | [`pool`] |
+//! | `[[discover]]` | [`discovery`] |
+//! | `[health_check]` | [`health_check`] |
+//! | `[routing]` | `websocket_path` in [`route`]; `sticky_key` and `drain_timeout` in `http/websocket.rs`, [`pool`], [`ws_close`] |
+//! | `[firewall]` | [`firewall`] (all lists), applied in [`accept`] and [`admin`] |
+//! | `[rate_limit]` | [`limits`]; `login_failures_per_minute` in [`logins`] |
+//! | `[timeouts]` | `tls_handshake` in [`accept`]; `request_header`, `http_idle`, `websocket_idle` in [`client_conn`]; `upstream_connect`, `upstream_read` in `http/forward.rs`; `request_body` in `http/body.rs` |
+//! | `[log]` | [`logging`] |
+//! | `[cluster]` | [`cluster`] |
 
 pub mod accept;
 pub mod acme;
