@@ -3,7 +3,7 @@
 //! from this edge's own memory, which the sync loop keeps up to date.
 //!
 //! ```text
-//!   ClusterSync, every 250 ms ── versions ──┬─ drains moved ──────► Drains::replace ─► every node
+//!   ClusterSync (tasks/cluster_sync.rs), every 250 ms ── versions ──┬─ drains moved ──────► Drains::replace ─► every node
 //!        (backoff while the                 ├─ challenges moved ──► Challenges::replace_shared
 //!         database is away)                 └─ certificates moved ► ClusterLink::certificates_changed
 //!                                                                    (the ACME task adopts it)
@@ -15,24 +15,19 @@
 //! `nakama_edge_cluster_database_up` is 0, one WARN line says so (and one INFO line when it is
 //! back), and every topic is read again on recovery.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
-use nakama_edge_cluster::edges::{Heartbeat, LiveEdge, NodeCounts};
-use nakama_edge_cluster::{schema, topic, ClusterError, Database, Settings};
+use nakama_edge_cluster::edges::{LiveEdge, NodeCounts};
+use nakama_edge_cluster::{ClusterError, Database, Settings};
 use nakama_edge_config::{Cluster, Config};
-use pingora_core::server::ShutdownWatch;
-use pingora_core::services::background::BackgroundService;
-use prometheus::IntGauge;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
+use crate::metrics::ClusterGauges;
 use crate::pool::{Member, Origin};
-use crate::state::Shared;
 
 /// How often the topics' versions are polled: a drain applies on every edge within this (and
 /// a read of the drains).
@@ -41,20 +36,6 @@ pub const POLL: Duration = Duration::from_millis(250);
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long a heartbeat keeps an edge counted as live.
 pub const LIVE_FOR: Duration = Duration::from_secs(5);
-/// The longest wait between attempts while the database is away.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// The gauges of the contract's `nakama_edge_cluster_*` metrics.
-#[derive(Debug, Clone)]
-pub struct ClusterGauges {
-    /// `nakama_edge_cluster_database_up`.
-    pub database_up: IntGauge,
-    /// `nakama_edge_cluster_edges`.
-    pub edges: IntGauge,
-    /// `nakama_edge_cluster_routing_mismatch`.
-    pub routing_mismatch: IntGauge,
-}
-
 /// This edge's link to the cluster: the database, its name, and what it last learnt.
 pub struct ClusterLink {
     /// The shared database.
@@ -118,6 +99,51 @@ impl ClusterLink {
                 websockets: sum.websockets + c.websockets,
             })
     }
+
+    /// Take in the live edges just read: the gauges, and one WARN when their routing starts
+    /// to differ.
+    pub fn publish(&self, live: Vec<LiveEdge>) {
+        let gauges = &self.gauges;
+        gauges.edges.set(live.len() as i64);
+        let mut digests: Vec<&str> = live
+            .iter()
+            .map(|e| e.heartbeat.routing_digest.as_str())
+            .collect();
+        digests.sort_unstable();
+        digests.dedup();
+        let mismatch = digests.len() > 1;
+        if mismatch && gauges.routing_mismatch.get() == 0 {
+            let by_edge: Vec<String> = live
+                .iter()
+                .map(|e| format!("{}={}", e.heartbeat.name, e.heartbeat.routing_digest))
+                .collect();
+            tracing::warn!(edges = %by_edge.join(" "), "live edges route differently (their [[nodes]], discovered nodes or [routing] differ): the same player may be sent to different nodes");
+        }
+        gauges.routing_mismatch.set(i64::from(mismatch));
+        self.live.store(Arc::new(live));
+    }
+
+    /// Record how the last attempt went; one line per change, and one for the first failure of
+    /// an edge that starts without the database.
+    pub fn record(&self, outcome: Result<(), &ClusterError>) {
+        let link = self;
+        let up = outcome.is_ok();
+        let was = link.up.swap(up, Ordering::Relaxed);
+        link.gauges.database_up.set(i64::from(up));
+        match outcome {
+            Ok(()) => {
+                if !was {
+                    tracing::info!(edge = %link.name, "cluster database reachable: shared state in step");
+                }
+                link.outage_logged.store(false, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if !link.outage_logged.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "cluster database unreachable: serving with the last shared state and retrying with backoff; drains cannot change until it is back");
+                }
+            }
+        }
+    }
 }
 
 /// A digest of what decides where a request goes: the nodes (name, addresses, weight; a node
@@ -145,166 +171,4 @@ pub fn routing_digest(config: &Config, members: &[Member]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// The background task keeping this edge and the database in step.
-pub struct ClusterSync {
-    shared: Arc<Shared>,
-    link: Arc<ClusterLink>,
-}
-
-impl ClusterSync {
-    /// The sync of `shared` through `link`.
-    pub fn new(shared: Arc<Shared>, link: Arc<ClusterLink>) -> Self {
-        ClusterSync { shared, link }
-    }
-
-    /// One poll: topics that moved are read again; the heartbeat when due.
-    async fn poll(
-        &self,
-        migrated: &mut bool,
-        seen: &mut HashMap<String, i64>,
-        beat_due: &mut tokio::time::Instant,
-    ) -> Result<(), ClusterError> {
-        let db = &self.link.db;
-        if !*migrated {
-            schema::migrate(db).await?;
-            *migrated = true;
-        }
-        let versions = db.versions().await?;
-        let moved = |t: &str| versions.get(t) != seen.get(t);
-        if moved(topic::DRAINS) {
-            let drained = db.drains().await?;
-            self.shared.apply_cluster_drains(drained);
-        }
-        if moved(topic::CHALLENGES) {
-            let answers: Vec<_> = db
-                .challenges()
-                .await?
-                .into_iter()
-                .filter_map(|a| crate::acme::answer_from_row(&a))
-                .collect();
-            if let Err(e) = self.shared.certs.challenges().replace_shared(&answers) {
-                tracing::warn!(error = %e, "a challenge answer from another edge is unusable");
-            }
-            let v = versions.get(topic::CHALLENGES).copied().unwrap_or(0);
-            self.link.challenges_seen.store(v, Ordering::Relaxed);
-            // The ordering edge waits for this edge to say it has them.
-            *beat_due = tokio::time::Instant::now();
-        }
-        if moved(topic::CERTIFICATES) && seen.contains_key(topic::CERTIFICATES) {
-            self.link.certificates_changed.notify_waiters();
-        }
-        *seen = versions;
-        if tokio::time::Instant::now() >= *beat_due {
-            db.heartbeat(&self.heartbeat(), LIVE_FOR).await?;
-            let live = db.live_edges().await?;
-            self.publish_view(live);
-            *beat_due = tokio::time::Instant::now() + HEARTBEAT;
-        }
-        Ok(())
-    }
-
-    fn heartbeat(&self) -> Heartbeat {
-        let snapshot = self.shared.snapshot();
-        let nodes: BTreeMap<String, NodeCounts> = snapshot
-            .pool
-            .nodes
-            .iter()
-            .map(|n| {
-                (
-                    n.config.name.clone(),
-                    NodeCounts {
-                        http_in_flight: n.runtime.http_in_flight(),
-                        websockets: n.runtime.websockets(),
-                    },
-                )
-            })
-            .collect();
-        Heartbeat {
-            name: self.link.name.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            routing_digest: snapshot.routing_digest.clone(),
-            nodes,
-            challenges_seen: self.link.challenges_seen.load(Ordering::Relaxed),
-        }
-    }
-
-    fn publish_view(&self, live: Vec<LiveEdge>) {
-        let gauges = &self.link.gauges;
-        gauges.edges.set(live.len() as i64);
-        let mut digests: Vec<&str> = live
-            .iter()
-            .map(|e| e.heartbeat.routing_digest.as_str())
-            .collect();
-        digests.sort_unstable();
-        digests.dedup();
-        let mismatch = digests.len() > 1;
-        if mismatch && gauges.routing_mismatch.get() == 0 {
-            let by_edge: Vec<String> = live
-                .iter()
-                .map(|e| format!("{}={}", e.heartbeat.name, e.heartbeat.routing_digest))
-                .collect();
-            tracing::warn!(edges = %by_edge.join(" "), "live edges route differently (their [[nodes]], discovered nodes or [routing] differ): the same player may be sent to different nodes");
-        }
-        gauges.routing_mismatch.set(i64::from(mismatch));
-        self.link.live.store(Arc::new(live));
-    }
-
-    /// Record how the last attempt went; one line per change, and one for the first failure of
-    /// an edge that starts without the database.
-    fn record(&self, outcome: Result<(), &ClusterError>) {
-        let link = &self.link;
-        let up = outcome.is_ok();
-        let was = link.up.swap(up, Ordering::Relaxed);
-        link.gauges.database_up.set(i64::from(up));
-        match outcome {
-            Ok(()) => {
-                if !was {
-                    tracing::info!(edge = %link.name, "cluster database reachable: shared state in step");
-                }
-                link.outage_logged.store(false, Ordering::Relaxed);
-            }
-            Err(e) => {
-                if !link.outage_logged.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "cluster database unreachable: serving with the last shared state and retrying with backoff; drains cannot change until it is back");
-                }
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for ClusterSync {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut migrated = false;
-        let mut seen = HashMap::new();
-        let mut beat_due = tokio::time::Instant::now();
-        let mut backoff = Duration::ZERO;
-        loop {
-            let wait = match self.poll(&mut migrated, &mut seen, &mut beat_due).await {
-                Ok(()) => {
-                    self.record(Ok(()));
-                    backoff = Duration::ZERO;
-                    POLL
-                }
-                Err(e) => {
-                    self.record(Err(&e));
-                    // Everything is read again once the database is back.
-                    seen.clear();
-                    backoff = (backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
-                    backoff
-                }
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => break,
-            }
-        }
-        // Leaving cleanly: nobody waits for this edge's answers or counts.
-        if let Err(e) = self.link.db.farewell(&self.link.name).await {
-            tracing::debug!(error = %e, "could not say farewell to the cluster database");
-        }
-        self.link.left.notify_one();
-    }
 }

@@ -5,6 +5,7 @@
 //!   POST /nodes/{name}/drain ─► Drains::set ─► flock drains.lock ─► read drains.json
 //!                                                 ─► change ─► write tmp, fsync, rename ─► memory
 //!   drains.json changed on disk (the other process of an upgrade) ─► Drains::reload ─► memory
+//!                                                  (watched by tasks::drains_watch)
 //!   start: Drains::open reads the file before the first connection is served
 //!   memory ─► Shared::apply_drains ─► NodeRuntime::set_runtime_drain on every node
 //! ```
@@ -16,9 +17,9 @@
 //!
 //! Without `state_dir` the drains live in memory only and are lost on restart.
 //!
-//! With `[cluster]`, the cluster database holds the drains of every edge (see
-//! [`crate::cluster`]): a drain is written there first, and the file is this edge's copy, for
-//! a start while the database is away.
+//! With `[cluster]`, the cluster database holds the drains of every edge (`tasks/cluster_sync.rs`
+//! brings them here): a drain is written there first, and the file is this edge's copy, for a
+//! start while the database is away.
 //!
 //! How a runtime drain and `drain = true` in the config file combine: either one drains.
 //! `undrain` lifts only the runtime drain; a node the file drains stays draining until the
@@ -34,12 +35,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use async_trait::async_trait;
 use nakama_edge_config::watch::{watch_files, FileWatch, WatchError};
-use pingora_core::server::ShutdownWatch;
-use pingora_core::services::background::BackgroundService;
-
-use crate::state::Shared;
 
 /// The file in `state_dir` that holds the runtime drains.
 pub const FILE_NAME: &str = "drains.json";
@@ -226,36 +222,6 @@ impl Drains {
     /// Wait until the file has changed on disk (at once if it changed since the last wait).
     pub async fn changed(&self) {
         self.changed.notified().await
-    }
-}
-
-/// Applies drains another process of this edge wrote (during an upgrade's overlap).
-pub struct DrainsWatch {
-    shared: Arc<Shared>,
-}
-
-impl DrainsWatch {
-    /// The watch of `shared`'s drains.
-    pub fn new(shared: Arc<Shared>) -> Self {
-        DrainsWatch { shared }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for DrainsWatch {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        if self.shared.drains.path().is_none() {
-            return;
-        }
-        loop {
-            tokio::select! {
-                _ = self.shared.drains.changed() => {}
-                _ = shutdown.changed() => return,
-            }
-            if let Err(e) = self.shared.reload_drains() {
-                tracing::warn!("{e}: the runtime drains in memory stay as they were");
-            }
-        }
     }
 }
 

@@ -34,7 +34,8 @@
 //! | [`token_alarm`] | the WARN when most session tokens fail (a wrong `[nakama] session_key`) |
 //! | [`firewall`] | CIDR allow/deny |
 //! | [`acme`] | obtaining and renewing the certificate (the work itself is in `nakama-edge-certs`) |
-//! | [`state`] | the config snapshot and reload |
+//! | [`state`] | the config snapshot and reload: the shared state every request reads |
+//! | [`tasks`] | background tasks acting on the shared state from outside it (cluster sync, discovery watches, drains watch, graceful close, limits purge) |
 //! | [`reload`] | file watching and SIGHUP |
 //! | [`admin`] | the admin API |
 //! | [`metrics`] | Prometheus metrics |
@@ -85,6 +86,7 @@ pub mod retry_budget;
 pub mod route;
 pub mod server;
 pub mod state;
+pub mod tasks;
 pub mod token;
 pub mod token_alarm;
 pub mod tunnel;

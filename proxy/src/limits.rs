@@ -215,32 +215,6 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Forgets refilled keys every second, so that limiter memory follows the clients of the last
-/// moments, not every client ever seen.
-pub struct PurgeTask {
-    shared: Arc<crate::state::Shared>,
-}
-
-impl PurgeTask {
-    /// The purge of `shared`'s current limits.
-    pub fn new(shared: Arc<crate::state::Shared>) -> Self {
-        PurgeTask { shared }
-    }
-}
-
-#[async_trait::async_trait]
-impl pingora_core::services::background::BackgroundService for PurgeTask {
-    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.shared.snapshot().limits.purge(),
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
-}
-
 /// One WebSocket's budget of client messages: `rate` a second, `burst` at once (a token
 /// bucket, checked as frames start).
 #[derive(Debug, Clone)]

@@ -190,6 +190,17 @@ fn metric_error(e: prometheus::Error) -> std::io::Error {
     std::io::Error::other(e)
 }
 
+/// The `nakama_edge_cluster_*` gauges (with `[cluster]`), which the cluster link sets.
+#[derive(Debug, Clone)]
+pub struct ClusterGauges {
+    /// `nakama_edge_cluster_database_up`.
+    pub database_up: IntGauge,
+    /// `nakama_edge_cluster_edges`.
+    pub edges: IntGauge,
+    /// `nakama_edge_cluster_routing_mismatch`.
+    pub routing_mismatch: IntGauge,
+}
+
 impl Metrics {
     /// Register every metric.
     pub fn new() -> Result<Metrics, std::io::Error> {
@@ -529,7 +540,7 @@ impl Metrics {
 
     /// Register the `nakama_edge_cluster_*` gauges (only with `[cluster]`: a lone edge has no
     /// database to report down).
-    pub fn cluster_gauges(&self) -> Result<crate::cluster::ClusterGauges, std::io::Error> {
+    pub fn cluster_gauges(&self) -> Result<ClusterGauges, std::io::Error> {
         let gauge = |name: &str, help: &str| -> Result<IntGauge, std::io::Error> {
             let g = IntGauge::new(name, help).map_err(metric_error)?;
             self.registry
@@ -537,7 +548,7 @@ impl Metrics {
                 .map_err(metric_error)?;
             Ok(g)
         };
-        Ok(crate::cluster::ClusterGauges {
+        Ok(ClusterGauges {
             database_up: gauge(
                 "nakama_edge_cluster_database_up",
                 "1 when the cluster database answered this edge's last poll.",

@@ -42,15 +42,16 @@ use pingora_core::services::listening::Service;
 use crate::accept::{Entry, PeerFilter};
 use crate::acme::{AcmeTask, Served};
 use crate::admin::{AdminApi, AdminFilter};
-use crate::cluster::ClusterSync;
-use crate::discovery::Discovery;
-use crate::drains::{Drains, DrainsWatch};
+use crate::drains::Drains;
 use crate::health_check::HealthChecker;
-use crate::limits::PurgeTask;
 use crate::reload::Reloader;
 use crate::route::Listener;
 use crate::state::{ConfigSource, Shared};
-use crate::ws_close::GracefulClose;
+use crate::tasks::cluster_sync::ClusterSync;
+use crate::tasks::discovery::Discovery;
+use crate::tasks::drains_watch::DrainsWatch;
+use crate::tasks::graceful_close::GracefulClose;
+use crate::tasks::limits_purge::PurgeTask;
 
 /// How to start.
 pub struct RunOptions {
@@ -357,7 +358,7 @@ fn first_health_checks(shared: &Shared) -> anyhow::Result<()> {
         .build()
         .context("cannot start the first health checks")?;
     if !shared.snapshot().config.discover.is_empty() {
-        let found = runtime.block_on(crate::discovery::first_round(shared));
+        let found = runtime.block_on(crate::tasks::discovery::first_round(shared));
         tracing::info!(found, "first lookups of [[discover]] entries done");
     }
     let (healthy, nodes) = runtime.block_on(crate::health_check::first_round(shared));
