@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, Criterion};
-use nakama_edge::drains::Drains;
-use nakama_edge::firewall::Firewall;
-use nakama_edge::limits::{client_key, Limits, OpenConnections};
-use nakama_edge::metrics::Metrics;
-use nakama_edge::pool::{Member, Pool, Registry, Tried};
-use nakama_edge::route::Route;
-use nakama_edge::token;
+use nakama_edge::exposed::drains::Drains;
+use nakama_edge::exposed::firewall::Firewall;
+use nakama_edge::exposed::limits::{client_key, Limits, OpenConnections};
+use nakama_edge::exposed::metrics::Metrics;
+use nakama_edge::exposed::pool::{Member, Pool, Registry, Tried};
+use nakama_edge::exposed::route::Route;
+use nakama_edge::exposed::token;
 use nakama_edge_config::Config;
 
 fn config(nodes: usize, extra: &str) -> Config {
@@ -171,8 +171,8 @@ fn browser_request() -> http::request::Parts {
 /// The request path's rules on a head: whether it may go on, and the head the node gets; then
 /// the player's head from a node's answer.
 fn heads(c: &mut Criterion) {
-    use nakama_edge::headers::Keep;
-    use nakama_edge::http::head::{admit, for_node, for_player, Toward};
+    use nakama_edge::exposed::head::{admit, for_node, for_player, Toward};
+    use nakama_edge::exposed::headers::Keep;
     let xff = http::HeaderValue::from_static("203.0.113.7");
     let req = browser_request();
     c.bench_function("head rules: admit a browser's request (10 headers)", |b| {
@@ -220,7 +220,7 @@ fn heads(c: &mut Criterion) {
 }
 
 fn retry_budget(c: &mut Criterion) {
-    let budget = nakama_edge::retry_budget::RetryBudget::default();
+    let budget = nakama_edge::exposed::retry_budget::RetryBudget::default();
     c.bench_function("retry budget: count a request", |b| {
         b.iter(|| budget.record_request())
     });
@@ -235,7 +235,7 @@ fn head_end(c: &mut Criterion) {
         "find where a 300-byte request head ends, as it arrives",
         |b| {
             b.iter(|| {
-                let mut scan = nakama_edge::client_conn::HeadEnd::default();
+                let mut scan = nakama_edge::exposed::client_conn::HeadEnd::default();
                 black_box(scan.find(black_box(head)))
             })
         },

@@ -3,7 +3,7 @@
 //! ends the head whenever it parses one whole.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use nakama_edge::client_conn::HeadEnd;
+use nakama_edge::exposed::client_conn::HeadEnd;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, bytes)) = data.split_first() else {

@@ -6,8 +6,8 @@
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use libfuzzer_sys::fuzz_target;
-use nakama_edge::headers::{claims_address, is_hop_by_hop, Keep};
-use nakama_edge::http::head::{admit, for_node, for_player, Toward};
+use nakama_edge::exposed::headers::{claims_address, is_hop_by_hop, Keep};
+use nakama_edge::exposed::head::{admit, for_node, for_player, Toward};
 
 fn headers_of(parsed: &[httparse::Header<'_>]) -> Option<HeaderMap> {
     let mut map = HeaderMap::new();

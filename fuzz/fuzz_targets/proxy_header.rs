@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(Some((_, len))) = nakama_edge::proxy_protocol::parse(data) {
+    if let Ok(Some((_, len))) = nakama_edge::exposed::proxy_protocol::parse(data) {
         assert!(len <= data.len());
     }
 });

@@ -1,7 +1,7 @@
 //! The routing decision fed arbitrary methods, paths, query strings and headers.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use nakama_edge::route::{classify, Listener};
+use nakama_edge::exposed::route::{classify, Listener};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

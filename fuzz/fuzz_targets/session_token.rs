@@ -6,13 +6,13 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let (query, auth) = text.split_once('\n').unwrap_or((&text, ""));
-    if let Some(token) = nakama_edge::token::session_token(Some(query), Some(auth.as_bytes())) {
-        if let Some(uid) = nakama_edge::token::user_id(token) {
+    if let Some(token) = nakama_edge::exposed::token::session_token(Some(query), Some(auth.as_bytes())) {
+        if let Some(uid) = nakama_edge::exposed::token::user_id(token) {
             assert!(!uid.as_bytes().is_empty() && uid.as_bytes().len() <= 64);
         }
     }
-    let _ = nakama_edge::token::user_id(&text);
-    if let Some(verifier) = nakama_edge::token::Verifier::new(["fuzz-key"]) {
+    let _ = nakama_edge::exposed::token::user_id(&text);
+    if let Some(verifier) = nakama_edge::exposed::token::Verifier::new(["fuzz-key"]) {
         // Whatever the bytes: a verdict, never a panic.
         let _ = verifier.verify(&text, 1_900_000_000);
     }

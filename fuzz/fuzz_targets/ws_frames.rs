@@ -4,7 +4,7 @@
 //! them.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use nakama_edge::ws_close::Frames;
+use nakama_edge::exposed::ws_close::Frames;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, bytes)) = data.split_first() else {

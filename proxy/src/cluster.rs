@@ -26,8 +26,8 @@ use nakama_edge_config::{Cluster, Config};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::metrics::ClusterGauges;
-use crate::pool::{Member, Origin};
+use crate::nodes::pool::{Member, Origin};
+use crate::ops::metrics::ClusterGauges;
 
 /// How often the topics' versions are polled: a drain applies on every edge within this (and
 /// a read of the drains).

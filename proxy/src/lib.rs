@@ -9,86 +9,68 @@
 //!  operators ───────► admin (metrics, nodes, drain)
 //! ```
 //!
-//! | module | concern |
+//! Folders are the layers; each has a crate doc of its own with a table of its files.
+//!
+//! | folder or file | concern |
 //! | --- | --- |
-//! | [`server`] | wiring: pingora server, listeners, background tasks |
-//! | [`accept`] | the one accept path: firewall, TLS, then HTTP |
-//! | [`http`] | the HTTP layer: hyper's server per connection, and each request's way to a node and back |
-//! | [`upstream`] | connections to nodes: hyper's client, kept per worker thread |
-//! | [`tunnel`] | WebSockets past their upgrade: the edge's own lean splice |
-//! | [`player_tls`] | a player's TLS stream: rustls over the socket |
-//! | [`client_conn`] | a player's connection: head, idle and WebSocket deadlines, its slot |
-//! | [`closing`] | a listener's signal to its connections to close what is idle (shutdown) |
-//! | [`proxy_protocol`] | PROXY protocol v1/v2 from trusted load balancers |
-//! | [`limits`] | per-client rate and connection limits: per user (verified token), else per IP |
-//! | [`logins`] | failed logins per account identifier (brute force) |
-//! | [`retry_budget`] | how many requests may be retried on another node |
-//! | [`route`] | what a request is, from its head |
-//! | [`headers`] | which headers cross the edge: address claims and hop-by-hop headers stopped |
-//! | [`pool`] | nodes, their state, and node selection |
-//! | [`discovery`] | nodes found in DNS (`[[discover]]`): lookups, departures, the sweep |
-//! | [`health_check`] | active health checks, and the first round before serving |
-//! | [`drains`] | runtime drains, kept in `server.state_dir` across restarts and upgrades |
-//! | [`cluster`] | several edges: what this one shares through the cluster database, and learns |
-//! | [`token`] | the user id in a Nakama session token |
-//! | [`token_alarm`] | the WARN when most session tokens fail (a wrong `[nakama] session_key`) |
-//! | [`firewall`] | CIDR allow/deny |
-//! | [`acme`] | obtaining and renewing the certificate (the work itself is in `nakama-edge-certs`) |
+//! | [`server`] | wiring: pingora's server, the listeners, the background tasks |
+//! | [`listen`] | where players come in: accept, firewall, PROXY protocol, players' TLS, the client connection and its deadlines |
+//! | [`http`] | the HTTP layer both protocols share (hyper): admission, budgets, routes, header rules, forwarding and retries, WebSockets and their splice, close on shutdown |
+//! | [`nodes`] | the Nakama nodes: pool and selection, health checks, drains, discovery's lookups, connections to nodes, the retry budget |
+//! | [`limits`] | per-client budgets, failed logins, session tokens |
+//! | [`cluster`] | the link to the other edges through the cluster database |
 //! | [`state`] | the config snapshot and reload: the shared state every request reads |
-//! | [`tasks`] | background tasks acting on the shared state from outside it (cluster sync, discovery watches, drains watch, graceful close, limits purge) |
-//! | [`reload`] | file watching and SIGHUP |
-//! | [`admin`] | the admin API |
-//! | [`metrics`] | Prometheus metrics |
-//! | [`logging`] | log level and format, the access log |
-//! | [`allocator`] | giving memory back after a burst: worker threads flush their allocator caches |
-//! | [`ws_close`] | WebSockets closed at a drain's timeout and on shutdown, with a close frame |
+//! | [`tasks`] | background loops acting on the shared state from outside it: ACME, cluster sync, discovery, drains watch, graceful close, limits purge |
+//! | [`ops`] | what operators see and touch: admin API, metrics, logs, reload, the allocator |
+//! | [`exposed`] | the few names the binary, benches and fuzz targets use; all else is private to the crate |
+//!
+//! The rule that keeps the layers apart: a file that is part of the shared state never
+//! imports the state ([`state`]); the loops that update it live in [`tasks`].
+//! `proxy/tests/layout.rs` fails on any import circle.
 //!
 //! Where each config section (`docs/config.md`) takes effect:
 //!
 //! | section | file |
 //! | --- | --- |
-//! | `[server]` | [`server`] (threads, grace period, upgrade socket); `state_dir` in [`drains`] and [`acme`] |
-//! | `[listeners]` | [`server`] (binding), [`accept`]; `http_redirect` in [`route`] |
-//! | `[tls]`, `[acme]` | [`server`] (which certificate source), [`acme`] |
-//! | `[nakama]` | [`token`] (verifying), read through [`state`] by [`limits`] and [`http`] |
-//! | `[[nodes]]` | [`pool`] |
-//! | `[[discover]]` | [`discovery`] |
-//! | `[health_check]` | [`health_check`] |
-//! | `[routing]` | `websocket_path` in [`route`]; `sticky_key` and `drain_timeout` in `http/websocket.rs`, [`pool`], [`ws_close`] |
-//! | `[firewall]` | [`firewall`] (all lists), applied in [`accept`] and [`admin`] |
-//! | `[rate_limit]` | [`limits`]; `login_failures_per_minute` in [`logins`] |
-//! | `[timeouts]` | `tls_handshake` in [`accept`]; `request_header`, `http_idle`, `websocket_idle` in [`client_conn`]; `upstream_connect`, `upstream_read` in `http/forward.rs`; `request_body` in `http/body.rs` |
-//! | `[log]` | [`logging`] |
-//! | `[cluster]` | [`cluster`] |
+//! | `[server]` | `server.rs` (threads, grace period, upgrade socket); `state_dir` in `nodes/drains.rs` and `tasks/acme.rs` |
+//! | `[listeners]` | `server.rs` (binding), `listen/accept.rs`; `http_redirect` in `http/route.rs` |
+//! | `[tls]`, `[acme]` | `server.rs` (which certificate source), `tasks/acme.rs` |
+//! | `[nakama]` | `limits/token.rs` (verifying), read through `state.rs` by `limits/mod.rs` and `http/` |
+//! | `[[nodes]]` | `nodes/pool.rs` |
+//! | `[[discover]]` | `nodes/discovery.rs` (lookups), `tasks/discovery.rs` (when) |
+//! | `[health_check]` | `nodes/health_check.rs` |
+//! | `[routing]` | `websocket_path` in `http/route.rs`; `sticky_key` and `drain_timeout` in `http/websocket.rs`, `nodes/pool.rs`, `http/ws_close.rs` |
+//! | `[firewall]` | `listen/firewall.rs` (all lists), applied in `listen/accept.rs` and `ops/admin.rs` |
+//! | `[rate_limit]` | `limits/mod.rs`; `login_failures_per_minute` in `limits/logins.rs` |
+//! | `[timeouts]` | `tls_handshake` in `listen/accept.rs`; `request_header`, `http_idle`, `websocket_idle` in `listen/client_conn.rs`; `upstream_connect`, `upstream_read` in `http/forward.rs`; `request_body` in `http/body.rs` |
+//! | `[log]` | `ops/logging.rs` |
+//! | `[cluster]` | `cluster.rs`, `tasks/cluster_sync.rs` |
 
-pub mod accept;
-pub mod acme;
-pub mod admin;
-pub mod allocator;
-pub mod client_conn;
-pub mod closing;
-pub mod cluster;
-pub mod discovery;
-pub mod drains;
-pub mod firewall;
-pub mod headers;
-pub mod health_check;
-pub mod http;
-pub mod limits;
-pub mod logging;
-pub mod logins;
-pub mod metrics;
-pub mod player_tls;
-pub mod pool;
-pub mod proxy_protocol;
-pub mod reload;
-pub mod retry_budget;
-pub mod route;
-pub mod server;
-pub mod state;
-pub mod tasks;
-pub mod token;
-pub mod token_alarm;
-pub mod tunnel;
-pub mod upstream;
-pub mod ws_close;
+pub(crate) mod cluster;
+pub(crate) mod http;
+pub(crate) mod limits;
+pub(crate) mod listen;
+pub(crate) mod nodes;
+pub(crate) mod ops;
+pub(crate) mod server;
+pub(crate) mod state;
+pub(crate) mod tasks;
+
+/// What other crates of the workspace reach, and nothing more: the `nakama-edge` binary
+/// (`main.rs`), the benchmarks (`benches/`) and the fuzz targets (`fuzz/`). Everything else in
+/// this crate is private to it.
+pub mod exposed {
+    pub use crate::http::{head, headers, route, ws_close};
+    pub use crate::limits::token;
+    /// The per-client budgets (benchmarks).
+    pub mod limits {
+        pub use crate::limits::{client_key, Limits, OpenConnections};
+    }
+    pub use crate::listen::{client_conn, firewall, proxy_protocol};
+    pub use crate::nodes::discovery::describe;
+    pub use crate::nodes::{drains, pool, retry_budget};
+    pub use crate::ops::logging::init as init_logging;
+    pub use crate::ops::metrics;
+    pub use crate::server::{run, RunOptions};
+    pub use crate::state::ConfigSource;
+}

@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use nakama_edge::server::{run, RunOptions};
-use nakama_edge::state::ConfigSource;
+use nakama_edge::exposed::ConfigSource;
+use nakama_edge::exposed::{run, RunOptions};
 use nakama_edge_config::{parse_duration, Config, ConfigError};
 
 /// jemalloc, whose background thread gives freed memory back to the system: after a burst of
@@ -25,7 +25,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// freed for a second are given back at once with `MADV_DONTNEED` (`muzzy_decay_ms:0`), not
 /// parked with `MADV_FREE`, which the kernel leaves counted in the resident size until it
 /// runs short. `_RJEM_MALLOC_CONF` in the environment still overrides. (Each worker thread
-/// also flushes its own cache: `nakama_edge::allocator`.)
+/// also flushes its own cache: `ops/allocator.rs`.)
 #[cfg(target_os = "linux")]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
@@ -144,7 +144,7 @@ fn execute(command: Command) -> Result<(), Failure> {
                     ConfigSource::Embedded,
                 ),
             };
-            nakama_edge::logging::init(&config.log);
+            nakama_edge::exposed::init_logging(&config.log);
             run(RunOptions {
                 config,
                 source,
@@ -160,7 +160,7 @@ fn execute(command: Command) -> Result<(), Failure> {
                     .enable_all()
                     .build()
                     .map_err(|e| Failure::Other(format!("cannot start the lookups: {e}")))?;
-                let (lines, all_ok) = runtime.block_on(nakama_edge::discovery::describe(&config));
+                let (lines, all_ok) = runtime.block_on(nakama_edge::exposed::describe(&config));
                 for line in lines {
                     println!("{line}");
                 }

@@ -39,14 +39,14 @@ use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 
-use crate::accept::{Entry, PeerFilter};
-use crate::acme::{AcmeTask, Served};
-use crate::admin::{AdminApi, AdminFilter};
-use crate::drains::Drains;
-use crate::health_check::HealthChecker;
-use crate::reload::Reloader;
-use crate::route::Listener;
+use crate::http::route::Listener;
+use crate::listen::accept::{Entry, PeerFilter};
+use crate::nodes::drains::Drains;
+use crate::nodes::health_check::HealthChecker;
+use crate::ops::admin::{AdminApi, AdminFilter};
+use crate::ops::reload::Reloader;
 use crate::state::{ConfigSource, Shared};
+use crate::tasks::acme::{AcmeTask, Served};
 use crate::tasks::cluster_sync::ClusterSync;
 use crate::tasks::discovery::Discovery;
 use crate::tasks::drains_watch::DrainsWatch;
@@ -361,7 +361,7 @@ fn first_health_checks(shared: &Shared) -> anyhow::Result<()> {
         let found = runtime.block_on(crate::tasks::discovery::first_round(shared));
         tracing::info!(found, "first lookups of [[discover]] entries done");
     }
-    let (healthy, nodes) = runtime.block_on(crate::health_check::first_round(shared));
+    let (healthy, nodes) = runtime.block_on(crate::nodes::health_check::first_round(shared));
     if healthy == 0 && nodes > 0 {
         tracing::warn!(
             nodes,

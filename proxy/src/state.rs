@@ -13,7 +13,7 @@
 //! ```
 //!
 //! A snapshot's pool holds the config's `[[nodes]]` and the nodes its `[[discover]]` entries
-//! found ([`crate::discovery`]); every new snapshot forgets the metrics of nodes it no longer
+//! found ([`crate::nodes::discovery`]); every new snapshot forgets the metrics of nodes it no longer
 //! has, and wakes whoever watches the pool (`pool_changed`: health checks, discovery).
 
 use std::path::PathBuf;
@@ -25,12 +25,12 @@ use nakama_edge_certs::{CertError, CertResolver, CertifiedKey};
 use nakama_edge_config::{CertificateSource, Config, ConfigError};
 use tokio::sync::Notify;
 
-use crate::discovery::Discovered;
-use crate::drains::{Drains, DrainsError};
-use crate::firewall::Firewall;
 use crate::limits::{Limits, OpenConnections};
-use crate::metrics::Metrics;
-use crate::pool::{Member, Pool, Registry};
+use crate::listen::firewall::Firewall;
+use crate::nodes::discovery::Discovered;
+use crate::nodes::drains::{Drains, DrainsError};
+use crate::nodes::pool::{Member, Pool, Registry};
+use crate::ops::metrics::Metrics;
 
 /// Everything a request needs from the config, built once per config version.
 pub struct Snapshot {
@@ -47,7 +47,7 @@ pub struct Snapshot {
     pub routing_digest: String,
     /// Verifies session tokens (`[nakama] session_key`); `None`: players are told apart by
     /// address only.
-    pub verifier: Option<crate::token::Verifier>,
+    pub verifier: Option<crate::limits::token::Verifier>,
 }
 
 impl Snapshot {
@@ -67,7 +67,7 @@ impl Snapshot {
         };
         Snapshot {
             routing_digest: crate::cluster::routing_digest(&config, members),
-            verifier: crate::token::Verifier::new(
+            verifier: crate::limits::token::Verifier::new(
                 config.nakama.session_keys.iter().map(|k| k.expose()),
             ),
             config,
@@ -126,11 +126,11 @@ pub struct Shared {
     /// The nodes `[[discover]]` entries found, merged into every snapshot's pool.
     pub discovered: Discovered,
     /// Every open WebSocket, to close with a close frame on shutdown.
-    pub websockets: crate::ws_close::OpenWebSockets,
+    pub websockets: crate::http::ws_close::OpenWebSockets,
     /// Nodes drained at runtime (admin API, CLI), kept in `server.state_dir`.
     pub drains: Drains,
     /// How many failed requests may still be retried on another node.
-    pub retry_budget: crate::retry_budget::RetryBudget,
+    pub retry_budget: crate::nodes::retry_budget::RetryBudget,
     /// This edge's link to the others (`[cluster]`).
     pub cluster: Option<Arc<crate::cluster::ClusterLink>>,
 }
@@ -207,7 +207,7 @@ impl Shared {
 
     /// Drain or undrain the node `name` at runtime: saved first (in the cluster database with
     /// `[cluster]`, whence every edge applies it; and in `server.state_dir`, see
-    /// [`crate::drains`]), then applied. `Ok(None)`: no such node.
+    /// [`crate::nodes::drains`]), then applied. `Ok(None)`: no such node.
     pub async fn set_drain(&self, name: &str, drain: bool) -> Result<Option<()>, DrainError> {
         let snapshot = self.snapshot();
         let Some(node) = snapshot.pool.by_name(name) else {
@@ -331,7 +331,7 @@ impl Shared {
             }
             CertificateSource::SelfSigned | CertificateSource::Acme(_) => {}
         }
-        crate::logging::apply(&config.log);
+        crate::ops::logging::apply(&config.log);
         self.discovered.retain_entries(&config);
         self.install(config, &old);
         Ok(())

@@ -25,7 +25,11 @@ fn modules() -> BTreeMap<String, String> {
         }
     }
     let mut out = BTreeMap::new();
-    walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), "", &mut out);
+    walk(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        "",
+        &mut out,
+    );
     out
 }
 
@@ -65,12 +69,18 @@ fn imports(name: &str, source: &str, known: &BTreeSet<String>) -> BTreeSet<Strin
 fn the_modules_of_the_crate_import_no_circle() {
     let modules = modules();
     let known: BTreeSet<String> = modules.keys().cloned().collect();
-    assert!(known.contains("state") && known.contains("tasks::cluster_sync"), "{known:?}");
+    assert!(
+        known.contains("state") && known.contains("tasks::cluster_sync"),
+        "{known:?}"
+    );
     let graph: BTreeMap<&str, BTreeSet<String>> = modules
         .iter()
         .map(|(n, s)| (n.as_str(), imports(n, s, &known)))
         .collect();
-    assert!(graph["tasks::cluster_sync"].contains("state"), "the reader sees imports");
+    assert!(
+        graph["tasks::cluster_sync"].contains("state"),
+        "the reader sees imports"
+    );
 
     // Depth-first search; a module met again while on the path closes a circle.
     fn visit<'a>(

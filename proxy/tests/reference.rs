@@ -164,7 +164,7 @@ fn each_default_in_config_md_is_the_one_the_edge_takes() {
 
 #[test]
 fn metrics_md_names_every_metric_the_edge_registers() {
-    let registered: BTreeSet<String> = source("metrics.rs")
+    let registered: BTreeSet<String> = source("ops/metrics.rs")
         .split('"')
         .filter(|s| {
             s.starts_with("nakama_edge_") && s.bytes().all(|b| b == b'_' || b.is_ascii_lowercase())
@@ -182,7 +182,7 @@ fn metrics_md_names_every_metric_the_edge_registers() {
 #[test]
 fn admin_api_md_names_every_request_the_admin_api_answers() {
     let page = doc("admin-api.md");
-    let admin = source("admin.rs");
+    let admin = source("ops/admin.rs");
     let mut paths = 0;
     for part in admin.split("=> ").filter(|p| p.contains("if get")) {
         if let Some(path) = part.rsplit('"').nth(1).filter(|p| p.starts_with('/')) {

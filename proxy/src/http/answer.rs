@@ -14,13 +14,13 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Sleep;
 
 use super::Player;
-use crate::client_conn::Deadlines;
-use crate::logging;
-use crate::metrics::InFlight;
-use crate::pool::Counted;
-use crate::route::Route;
+use crate::http::route::Route;
+use crate::listen::client_conn::Deadlines;
+use crate::nodes::pool::Counted;
+use crate::nodes::upstream::Lease;
+use crate::ops::logging;
+use crate::ops::metrics::InFlight;
 use crate::state::Snapshot;
-use crate::upstream::Lease;
 
 /// Why an answer's body was cut off.
 #[derive(Debug, thiserror::Error)]

@@ -3,10 +3,10 @@
 
 use std::net::IpAddr;
 
+use crate::limits::token;
 use crate::limits::{client_key, is_auth_path, retry_after_secs, Limited};
-use crate::metrics::RejectReason;
+use crate::ops::metrics::RejectReason;
 use crate::state::{Shared, Snapshot};
-use crate::token;
 
 /// A request held back by a budget.
 pub(crate) struct RateLimited {

@@ -1,6 +1,6 @@
 //! Which node's console an operator sees on the console listener. Open-source Nakama nodes
 //! are independent, so each console shows its own node: an operator stays on one node (hashed
-//! on their address, [`crate::pool::Pool::pick_console`]) unless they pick one with
+//! on their address, [`crate::nodes::pool::Pool::pick_console`]) unless they pick one with
 //! `?node=<name>`, which a cookie then keeps for the console's own requests.
 
 use http::header::{HeaderValue, COOKIE};

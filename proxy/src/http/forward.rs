@@ -1,7 +1,7 @@
 //! A request's way to a node and its answer's way back: the node picked (round-robin over the
 //! routable nodes, those with a gRPC address for gRPC; an operator's own console node,
 //! [`super::console`]), the request sent
-//! ([`crate::upstream`]), and when that fails, another node within the rules below.
+//! ([`crate::nodes::upstream`]), and when that fails, another node within the rules below.
 //!
 //! **When a request goes to another node.** A request that never reached its node (the node
 //! refused the connection, or a kept connection was found closed before a byte was written)
@@ -25,11 +25,11 @@ use super::console::Operator;
 use super::head::{for_node, for_player, Toward};
 use super::request::then;
 use super::Player;
-use crate::headers::Keep;
-use crate::pool::{Node, Tried};
-use crate::route::Route;
+use crate::http::headers::Keep;
+use crate::http::route::Route;
+use crate::nodes::pool::{Node, Tried};
+use crate::nodes::upstream::{self, Failure, OutBody};
 use crate::state::Shared;
-use crate::upstream::{self, Failure, OutBody};
 
 /// Send the request (`parts`, its whole `body`) to a node and relay the answer. `login`: the
 /// account a 401 counts against.

@@ -13,7 +13,7 @@ use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, HOST, TRANSFER_EN
 use http::request::Parts;
 use http::{Method, StatusCode, Uri, Version};
 
-use crate::headers::{self, Keep};
+use crate::http::headers::{self, Keep};
 
 /// Nakama refuses request heads over 5 KiB; the edge refuses them first: 431 for a head, 414
 /// for a target that alone is over it.

@@ -28,8 +28,12 @@ mod budget;
 mod console;
 mod forward;
 pub mod head;
+pub mod headers;
 mod request;
+pub mod route;
+pub mod tunnel;
 mod websocket;
+pub mod ws_close;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -45,12 +49,10 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
-use crate::client_conn::{ClientConn, ConnState};
-use crate::closing::Watcher;
-use crate::route::{Listener, Route};
+use crate::http::route::{Listener, Route};
+use crate::listen::client_conn::{ClientConn, ConnState};
+use crate::listen::closing::Watcher;
 use crate::state::Shared;
-
-pub use answer::Answer;
 
 /// Request heads (HTTP/1.1) are read into a buffer of at most this size: hyper answers 431
 /// past it; below it the edge answers 414 and 431 at Nakama's own limit.

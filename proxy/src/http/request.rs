@@ -14,7 +14,7 @@ use super::body::{read_whole, BodyRead};
 use super::budget::{login_budget, request_budget};
 use super::head::{admit, BodyLength};
 use super::{forward, websocket, Player};
-use crate::route::{classify, Route, ACME_CHALLENGE_PREFIX};
+use crate::http::route::{classify, Route, ACME_CHALLENGE_PREFIX};
 
 /// Answer `req`.
 pub(super) async fn handle(player: Arc<Player>, req: Request<Incoming>) -> Response<Answer> {

@@ -1,7 +1,7 @@
 //! A player's WebSocket: the node picked by the user id in the session token (else the
 //! client's address), the upgrade asked of it on a fresh connection, and once it answers 101,
 //! both connections handed over by hyper ([`hyper::upgrade`]) to the edge's splice
-//! ([`crate::tunnel`]), which counts the client's messages and closes with a close frame.
+//! ([`crate::http::tunnel`]), which counts the client's messages and closes with a close frame.
 //!
 //! A node that refuses the connection, or fails before answering, is passed over for the next
 //! (the upgrade is a GET with no body). Any answer but 101 goes to the player as it came.
@@ -24,16 +24,16 @@ use super::forward::{connect_failed, no_node_left, within_retry_budget};
 use super::head::{for_node, Toward};
 use super::request::then;
 use super::Player;
-use crate::client_conn::ClientConn;
-use crate::headers::{self, Keep};
+use crate::http::headers::{self, Keep};
+use crate::http::route::Route;
+use crate::http::tunnel;
+use crate::http::ws_close::{Closer, Frames, GOING_AWAY, POLICY_VIOLATION};
+use crate::limits::token;
 use crate::limits::MessageBudget;
-use crate::metrics::RejectReason;
-use crate::pool::{Counted, NodeRuntime, Tried};
-use crate::route::Route;
+use crate::listen::client_conn::ClientConn;
+use crate::nodes::pool::{Counted, NodeRuntime, Tried};
+use crate::ops::metrics::RejectReason;
 use crate::state::{Shared, Snapshot};
-use crate::token;
-use crate::tunnel;
-use crate::ws_close::{Closer, Frames, GOING_AWAY, POLICY_VIOLATION};
 
 /// How long a node has to answer a WebSocket upgrade once connected.
 const UPGRADE_ANSWER: Duration = Duration::from_secs(10);
@@ -79,7 +79,7 @@ pub(super) async fn open(
         books.node = Some(i);
         let node = &snapshot.pool.nodes[i];
         books.in_flight = Some(node.runtime.start_request());
-        let mut sender = match crate::upstream::connect_upgradable(
+        let mut sender = match crate::nodes::upstream::connect_upgradable(
             node.config.address,
             timeouts.upstream_connect,
         )

@@ -54,7 +54,7 @@ impl ClusterSync {
                 .challenges()
                 .await?
                 .into_iter()
-                .filter_map(|a| crate::acme::answer_from_row(&a))
+                .filter_map(|a| crate::tasks::acme::answer_from_row(&a))
                 .collect();
             if let Err(e) = self.shared.certs.challenges().replace_shared(&answers) {
                 tracing::warn!(error = %e, "a challenge answer from another edge is unusable");

@@ -1,7 +1,7 @@
 //! The discovery tasks: a watch per `[[discover]]` entry (look up, take the answer, wait,
-//! again) and the sweep of departed nodes, updating [`crate::discovery::Discovered`] in the
+//! again) and the sweep of departed nodes, updating [`crate::nodes::discovery::Discovered`] in the
 //! shared state and rebuilding the pool when it changes. The lookups and the registry are in
-//! [`crate::discovery`].
+//! [`crate::nodes::discovery`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,7 +14,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::task::JoinHandle;
 
-use crate::discovery::{lookup, next_lookup, resolver, Answer, LookupError};
+use crate::nodes::discovery::{lookup, next_lookup, resolver, Answer, LookupError};
 use crate::state::Shared;
 
 /// How often departed nodes are looked at.

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
+use crate::http::ws_close::GOING_AWAY;
 use crate::state::Shared;
-use crate::ws_close::GOING_AWAY;
 
 /// On shutdown or upgrade: HTTP/1.1 responses close their connections from now on
 /// ([`crate::state::Shared::shutting_down`]); WebSockets get their close frames over the second

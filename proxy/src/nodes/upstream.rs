@@ -37,7 +37,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::pool::UPSTREAM_IDLE;
+use crate::nodes::pool::UPSTREAM_IDLE;
 
 /// A request body, as the edge sends it: read in full first, so its length is known.
 pub type OutBody = Full<Bytes>;
@@ -194,17 +194,6 @@ fn take_idle(address: SocketAddr) -> Option<(http1::SendRequest<OutBody>, Watch)
             }
         }
         None
-    })
-}
-
-/// Idle connections to `address` kept by this thread (for tests).
-pub fn idle_here(address: SocketAddr) -> usize {
-    KEPT.with(|kept| {
-        kept.borrow()
-            .h1
-            .iter()
-            .find(|(a, _)| *a == address)
-            .map_or(0, |(_, idle)| idle.len())
     })
 }
 

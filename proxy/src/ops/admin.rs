@@ -21,7 +21,7 @@ use pingora_core::protocols::http::ServerSession;
 use serde::Serialize;
 
 use crate::cluster::ClusterLink;
-use crate::pool::{DrainedBy, Health, Node, NodeState};
+use crate::nodes::pool::{DrainedBy, Health, Node, NodeState};
 use crate::state::{DrainError, Shared};
 use nakama_edge_cluster::edges::NodeCounts;
 
@@ -51,7 +51,7 @@ impl pingora_core::listeners::ConnectionFilter for AdminFilter {
         if !allowed {
             self.shared
                 .metrics
-                .rejected(crate::metrics::RejectReason::Firewall);
+                .rejected(crate::ops::metrics::RejectReason::Firewall);
         }
         allowed
     }

@@ -39,10 +39,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::http::ws_close::{close_frame, Closer, Frames};
 use crate::limits::ConnectionSlot;
-use crate::metrics::OpenConnection;
-use crate::player_tls::PlayerTls;
-use crate::ws_close::{close_frame, Closer, Frames};
+use crate::listen::player_tls::PlayerTls;
+use crate::ops::metrics::OpenConnection;
 
 /// What a player's bytes travel over.
 ///
@@ -251,7 +251,7 @@ pub struct ConnState {
     request_header_ms: AtomicU64,
     http_idle_ms: AtomicU64,
     websocket_idle_ms: AtomicU64,
-    /// HTTP/2 streams being answered, and when the last one ended ([`crate::pool`]'s clock).
+    /// HTTP/2 streams being answered, and when the last one ended ([`crate::nodes::pool`]'s clock).
     streams: AtomicU32,
     quiet_since_ms: AtomicU64,
     closer: Arc<Closer>,
@@ -301,7 +301,7 @@ impl ConnState {
             http_idle_ms: AtomicU64::new(0),
             websocket_idle_ms: AtomicU64::new(0),
             streams: AtomicU32::new(0),
-            quiet_since_ms: AtomicU64::new(crate::pool::now_millis()),
+            quiet_since_ms: AtomicU64::new(crate::nodes::pool::now_millis()),
             closer: Arc::default(),
             since_ms: AtomicU64::new(0),
             base: Instant::now(),
@@ -390,7 +390,7 @@ impl ConnState {
     /// An HTTP/2 stream's answer has ended.
     pub fn stream_closed(&self) {
         self.quiet_since_ms
-            .store(crate::pool::now_millis(), Ordering::Relaxed);
+            .store(crate::nodes::pool::now_millis(), Ordering::Relaxed);
         self.streams.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -401,7 +401,7 @@ impl ConnState {
         }
         let since = self.quiet_since_ms.load(Ordering::Relaxed);
         Some(Duration::from_millis(
-            crate::pool::now_millis().saturating_sub(since),
+            crate::nodes::pool::now_millis().saturating_sub(since),
         ))
     }
 

@@ -22,7 +22,7 @@ use pingora_core::services::background::BackgroundService;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::pool::{Health, NodeRuntime};
+use crate::nodes::pool::{Health, NodeRuntime};
 use crate::state::Shared;
 
 /// The health-check supervisor.

@@ -18,6 +18,17 @@
 //! from a new one and is dropped by [`Limits::purge`], which runs every second and at once
 //! when a store grows past [`PURGE_ABOVE`] keys; a login window is dropped once over.
 //! Concurrent-connection counts exist only while connections do.
+//!
+//! | module | concern |
+//! | --- | --- |
+//! | this one | the per-client budgets |
+//! | [`logins`] | failed logins per account identifier (brute force) |
+//! | [`token`] | the user id in a Nakama session token, verified |
+//! | [`token_alarm`] | the WARN when most session tokens fail (a wrong `[nakama] session_key`) |
+
+pub mod logins;
+pub mod token;
+pub mod token_alarm;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -29,7 +40,7 @@ use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use nakama_edge_config::RateLimit;
 
-use crate::firewall::canonical;
+use crate::listen::firewall::canonical;
 
 /// A client as the limits see it: an IPv4 address, or an IPv6 /64.
 pub type ClientKey = u128;
@@ -76,7 +87,7 @@ pub struct Limits {
     requests: DefaultKeyedRateLimiter<ClientKey>,
     users: DefaultKeyedRateLimiter<u128>,
     /// Failed logins per account identifier.
-    pub logins: crate::logins::LoginFailures,
+    pub logins: crate::limits::logins::LoginFailures,
     auth: DefaultKeyedRateLimiter<ClientKey>,
     new_connections: DefaultKeyedRateLimiter<ClientKey>,
     /// Shared by every configuration: connections outlive reloads.
@@ -101,7 +112,7 @@ impl Limits {
             config: config.clone(),
             requests: RateLimiter::dashmap(per_second(config.requests_per_second, config.burst)),
             users: RateLimiter::dashmap(per_second(config.requests_per_second, config.burst)),
-            logins: crate::logins::LoginFailures::new(config.login_failures_per_minute),
+            logins: crate::limits::logins::LoginFailures::new(config.login_failures_per_minute),
             auth: RateLimiter::dashmap(Quota::per_minute(nonzero(config.auth_requests_per_minute))),
             new_connections: RateLimiter::dashmap(per_second(
                 config.new_connections_per_second,
@@ -407,7 +418,7 @@ mod tests {
         // Addresses and users: each store at most what a purge interval added; login windows
         // (a minute each) at most their cap.
         assert!(most <= 2 * (PURGE_ABOVE + 1), "at most {most} keys held");
-        assert!(limits.logins.tracked() <= crate::logins::MAX_WINDOWS);
+        assert!(limits.logins.tracked() <= crate::limits::logins::MAX_WINDOWS);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while limits.tracked_keys() > 0 {
             assert!(

@@ -30,14 +30,14 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use tokio::net::TcpStream;
 
-use crate::client_conn::{ClientConn, Deadlines, Transport};
-use crate::closing::Closing;
-use crate::firewall::{canonical, Firewall};
+use crate::http::route::Listener;
 use crate::limits::{client_key, Limited};
-use crate::metrics::{RejectReason, TlsFailure};
-use crate::player_tls;
-use crate::proxy_protocol::{read_header, Origin};
-use crate::route::Listener;
+use crate::listen::client_conn::{ClientConn, Deadlines, Transport};
+use crate::listen::closing::Closing;
+use crate::listen::firewall::{canonical, Firewall};
+use crate::listen::player_tls;
+use crate::listen::proxy_protocol::{read_header, Origin};
+use crate::ops::metrics::{RejectReason, TlsFailure};
 use crate::state::Shared;
 
 fn admits(firewall: &Firewall, listener: Listener, ip: IpAddr) -> Result<(), RejectReason> {
@@ -159,7 +159,7 @@ impl ServerApp for Entry {
         stream: Stream,
         _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        crate::allocator::tend_this_thread();
+        crate::ops::allocator::tend_this_thread();
         // The listeners are plain TCP, so every stream they hand over is an L4 stream.
         let l4 = *stream.into_any().downcast::<L4Stream>().ok()?;
         let mut socket = match into_socket(l4) {

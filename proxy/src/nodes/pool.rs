@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 
-use crate::drains::Drains;
+use crate::nodes::drains::Drains;
 use std::net::SocketAddr;
 use std::sync::atomic::{
     AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
@@ -232,7 +232,7 @@ impl NodeRuntime {
         self.update_draining_since();
     }
 
-    /// Drain (or undrain) at runtime (the admin API, see [`crate::drains`]).
+    /// Drain (or undrain) at runtime (the admin API, see [`crate::nodes::drains`]).
     pub fn set_runtime_drain(&self, drain: bool) {
         self.runtime_drain.store(drain, Ordering::Relaxed);
         self.update_draining_since();

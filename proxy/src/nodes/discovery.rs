@@ -18,7 +18,7 @@
 //!   other nodes come and go, and two edges reading the same records name (and route) alike:
 //!   the sticky ring is keyed by address.
 //! - A new node is checked before it gets work, as a new `[[nodes]]` entry is
-//!   ([`crate::pool`]).
+//!   ([`crate::nodes::pool`]).
 //! - A node gone from the records is drained, not cut: no new work, its WebSockets stay until
 //!   they close or `routing.drain_timeout` passes; then it leaves the pool, `/nodes` and the
 //!   metrics. Back in the records before that, it is simply listed again.
@@ -43,7 +43,7 @@ use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 use nakama_edge_config::{Config, Discover, DnsSource, Node as NodeConfig, Seal};
 
-use crate::pool::{Member, Origin, Pool};
+use crate::nodes::pool::{Member, Origin, Pool};
 
 /// How long one DNS query may take before it is asked again (twice), per server.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -442,8 +442,8 @@ pub async fn describe(config: &Config) -> (Vec<String>, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drains::Drains;
-    use crate::pool::{NodeState, Registry};
+    use crate::nodes::drains::Drains;
+    use crate::nodes::pool::{NodeState, Registry};
 
     fn config() -> Config {
         Config::parse(
@@ -605,7 +605,7 @@ mod tests {
 
     #[test]
     fn a_joining_node_takes_only_its_share_of_players() {
-        use crate::pool::Tried;
+        use crate::nodes::pool::Tried;
         let config = config();
         let entry = &config.discover[0];
         let d = Discovered::default();

@@ -18,10 +18,10 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::pool::{Origin, Pool};
-use crate::route::Route;
-use crate::token::{Refused, UserId};
-use crate::token_alarm::{Counts, TokenAlarm};
+use crate::http::route::Route;
+use crate::limits::token::{Refused, UserId};
+use crate::limits::token_alarm::{Counts, TokenAlarm};
+use crate::nodes::pool::{Origin, Pool};
 
 /// Why a connection was refused before any HTTP was spoken.
 #[derive(Debug, Clone, Copy)]
@@ -748,7 +748,7 @@ impl Metrics {
                 .set(rt.websockets());
             self.node_up
                 .with_label_values(&name)
-                .set((rt.health() == crate::pool::Health::Healthy) as i64);
+                .set((rt.health() == crate::nodes::pool::Health::Healthy) as i64);
             self.node_draining
                 .with_label_values(&name)
                 .set(rt.is_draining() as i64);

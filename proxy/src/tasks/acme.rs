@@ -40,7 +40,7 @@ use pingora_core::services::background::BackgroundService;
 use rustls::pki_types::CertificateDer;
 
 use crate::cluster::ClusterLink;
-use crate::metrics::AcmeAttempt;
+use crate::ops::metrics::AcmeAttempt;
 use crate::state::Shared;
 
 /// The longest wait between attempts after failures.

@@ -144,14 +144,6 @@ pub fn millis(d: std::time::Duration) -> f64 {
     d.as_micros() as f64 / 1000.0
 }
 
-/// A TLS version's name, for the access log.
-pub fn tls_version(digest: &pingora_core::protocols::tls::SslDigest) -> &'static str {
-    match &digest.version {
-        std::borrow::Cow::Borrowed(v) => v,
-        std::borrow::Cow::Owned(_) => "other",
-    }
-}
-
 /// The access-log thread: records in, lines out in batches.
 ///
 /// ```text
@@ -612,8 +604,8 @@ mod tests {
             ("pingora_core::server", tracing::Level::ERROR) => {
                 tracing::error!(target: "pingora_core::server", "cannot send the sockets")
             }
-            ("nakama_edge::health_check", tracing::Level::WARN) => {
-                tracing::warn!(target: "nakama_edge::health_check", "node out")
+            ("nakama_edge::nodes::health_check", tracing::Level::WARN) => {
+                tracing::warn!(target: "nakama_edge::nodes::health_check", "node out")
             }
             ("h2", tracing::Level::DEBUG) => {
                 tracing::debug!(target: "h2", "a request head")
@@ -627,7 +619,11 @@ mod tests {
     fn library_lines_an_operator_acts_on_pass_and_request_heads_never_do() {
         use tracing::Level;
         assert!(passes("info", "pingora_core::server", Level::ERROR));
-        assert!(passes("info", "nakama_edge::health_check", Level::WARN));
+        assert!(passes(
+            "info",
+            "nakama_edge::nodes::health_check",
+            Level::WARN
+        ));
         // Secrets stay out whatever is asked for.
         assert!(!passes("debug,h2=debug", "h2", Level::DEBUG));
     }
