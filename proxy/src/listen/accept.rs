@@ -36,7 +36,7 @@ use crate::listen::client_conn::{ClientConn, Deadlines, Transport};
 use crate::listen::closing::Closing;
 use crate::listen::firewall::{canonical, Firewall};
 use crate::listen::player_tls;
-use crate::listen::proxy_protocol::{read_header, Origin};
+use crate::listen::proxy_protocol::{read_header, Claim};
 use crate::ops::metrics::{RejectReason, TlsFailure};
 use crate::state::Shared;
 
@@ -179,13 +179,13 @@ impl ServerApp for Entry {
 
         if snapshot.firewall.is_trusted_proxy(client) {
             match read_header(&mut socket, timeouts.tls_handshake).await {
-                Ok(Origin::Client(addr)) => {
+                Ok(Claim::Client(addr)) => {
                     client = canonical(addr.ip());
                     if let Err(reason) = admits(&snapshot.firewall, self.listener, client) {
                         return self.reject(reason);
                     }
                 }
-                Ok(Origin::Local) => {}
+                Ok(Claim::Local) => {}
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "refused a connection from a trusted proxy");
                     return None;

@@ -13,9 +13,9 @@ const MAX_HEADER: usize = 1024;
 /// The longest v1 header line, CRLF included.
 const V1_MAX: usize = 107;
 
-/// What a PROXY header says.
+/// What a PROXY header claims the connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub enum Claim {
     /// The connection is relayed for this client.
     Client(SocketAddr),
     /// The proxy's own connection (v2 LOCAL, v1 UNKNOWN, or a non-IP family): keep the peer.
@@ -38,7 +38,7 @@ pub enum ProxyHeaderError {
 
 /// Parse the start of a connection: `Ok(None)` when more bytes are needed, else the origin
 /// and the header's length.
-pub fn parse(buf: &[u8]) -> Result<Option<(Origin, usize)>, ProxyHeaderError> {
+pub fn parse(buf: &[u8]) -> Result<Option<(Claim, usize)>, ProxyHeaderError> {
     let result = HeaderResult::parse(buf);
     // ppp calls some malformed v1 lines incomplete; a v1 header ends at its CRLF (within 107
     // bytes), so with a CRLF (or 107 bytes) in hand, an unfinished parse is a bad header.
@@ -54,13 +54,13 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Origin, usize)>, ProxyHeaderError> {
             Ok(None)
         };
     }
-    let addr = |ip: IpAddr, port: u16| Origin::Client(SocketAddr::new(ip, port));
+    let addr = |ip: IpAddr, port: u16| Claim::Client(SocketAddr::new(ip, port));
     match result {
         HeaderResult::V1(Ok(h)) => {
             let origin = match h.addresses {
                 v1::Addresses::Tcp4(a) => addr(a.source_address.into(), a.source_port),
                 v1::Addresses::Tcp6(a) => addr(a.source_address.into(), a.source_port),
-                v1::Addresses::Unknown => Origin::Local,
+                v1::Addresses::Unknown => Claim::Local,
             };
             Ok(Some((origin, h.header.len())))
         }
@@ -72,7 +72,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Origin, usize)>, ProxyHeaderError> {
                 (v2::Command::Proxy, v2::Addresses::IPv6(a)) => {
                     addr(a.source_address.into(), a.source_port)
                 }
-                _ => Origin::Local,
+                _ => Claim::Local,
             };
             Ok(Some((origin, h.len())))
         }
@@ -86,7 +86,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Origin, usize)>, ProxyHeaderError> {
 pub async fn read_header(
     stream: &mut TcpStream,
     limit: Duration,
-) -> Result<Origin, ProxyHeaderError> {
+) -> Result<Claim, ProxyHeaderError> {
     let mut buf = [0u8; MAX_HEADER];
     let read = async {
         let mut seen = 0;
@@ -127,17 +127,17 @@ mod tests {
         let (origin, len) = parse(h).unwrap().unwrap();
         assert_eq!(
             origin,
-            Origin::Client("198.51.100.7:51234".parse().unwrap())
+            Claim::Client("198.51.100.7:51234".parse().unwrap())
         );
         assert_eq!(&h[len..len + 3], b"GET");
         let h6 = b"PROXY TCP6 2001:db8::7 2001:db8::1 51234 443\r\n";
         assert_eq!(
             parse(h6).unwrap().unwrap().0,
-            Origin::Client("[2001:db8::7]:51234".parse().unwrap())
+            Claim::Client("[2001:db8::7]:51234".parse().unwrap())
         );
         assert_eq!(
             parse(b"PROXY UNKNOWN\r\n").unwrap().unwrap().0,
-            Origin::Local
+            Claim::Local
         );
         assert!(parse(b"PROXY TCP4 198.51").unwrap().is_none(), "incomplete");
         assert!(parse(b"GET / HTTP/1.1\r\n").is_err());
@@ -161,14 +161,14 @@ mod tests {
         let (origin, len) = parse(&bytes).unwrap().unwrap();
         assert_eq!(
             origin,
-            Origin::Client("198.51.100.7:51234".parse().unwrap())
+            Claim::Client("198.51.100.7:51234".parse().unwrap())
         );
         assert_eq!(len, header.len());
         assert!(parse(&header[..10]).unwrap().is_none());
         let local = ppp::v2::Builder::new(ppp::v2::Version::Two | ppp::v2::Command::Local, 0)
             .build()
             .unwrap();
-        assert_eq!(parse(&local).unwrap().unwrap().0, Origin::Local);
+        assert_eq!(parse(&local).unwrap().unwrap().0, Claim::Local);
     }
 
     #[test]

@@ -54,7 +54,7 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What one lookup of an entry found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
+pub enum Records {
     /// These node addresses (sorted, without duplicates), valid for this long.
     Found {
         /// The nodes' HTTP addresses.
@@ -127,7 +127,7 @@ pub async fn lookup(
     resolver: &TokioResolver,
     entry: &Discover,
     seal: &Seal,
-) -> Result<Answer, LookupError> {
+) -> Result<Records, LookupError> {
     tokio::time::timeout(LOOKUP_DEADLINE, lookup_inner(resolver, entry, seal))
         .await
         .map_err(|_| LookupError::Timeout(LOOKUP_DEADLINE))?
@@ -137,7 +137,7 @@ async fn lookup_inner(
     resolver: &TokioResolver,
     entry: &Discover,
     seal: &Seal,
-) -> Result<Answer, LookupError> {
+) -> Result<Records, LookupError> {
     let now = Instant::now();
     let mut addresses = BTreeSet::new();
     let mut refused = Vec::new();
@@ -145,7 +145,7 @@ async fn lookup_inner(
         DnsSource::Addresses { host, port } => {
             let ips = match resolver.lookup_ip(host.as_str()).await {
                 Ok(ips) => ips,
-                Err(e) if e.is_no_records_found() => return Ok(Answer::Empty),
+                Err(e) if e.is_no_records_found() => return Ok(Records::Empty),
                 Err(e) => return Err(LookupError::Dns(e)),
             };
             addresses.extend(ips.iter().map(|ip| SocketAddr::new(ip, *port)));
@@ -154,7 +154,7 @@ async fn lookup_inner(
         DnsSource::Srv { name } => {
             let srv = match resolver.srv_lookup(name.as_str()).await {
                 Ok(srv) => srv,
-                Err(e) if e.is_no_records_found() => return Ok(Answer::Empty),
+                Err(e) if e.is_no_records_found() => return Ok(Records::Empty),
                 Err(e) => return Err(LookupError::Dns(e)),
             };
             let mut valid_until = srv.valid_until();
@@ -211,9 +211,9 @@ async fn lookup_inner(
         why.is_none()
     });
     if addresses.is_empty() && refused.is_empty() {
-        return Ok(Answer::Empty);
+        return Ok(Records::Empty);
     }
-    Ok(Answer::Found {
+    Ok(Records::Found {
         addresses: addresses.into_iter().collect(),
         valid_for: valid_until.saturating_duration_since(now),
         refused,
@@ -408,7 +408,7 @@ pub async fn describe(config: &Config) -> (Vec<String>, bool) {
             entry.source.name()
         );
         match answer {
-            Ok(Answer::Found {
+            Ok(Records::Found {
                 addresses,
                 valid_for,
                 refused,
@@ -429,7 +429,7 @@ pub async fn describe(config: &Config) -> (Vec<String>, bool) {
                     lines.push(format!("  left out: {r}"));
                 }
             }
-            Ok(Answer::Empty) => lines.push(format!("{head}: no records")),
+            Ok(Records::Empty) => lines.push(format!("{head}: no records")),
             Err(e) => {
                 all_ok = false;
                 lines.push(format!("{head}: lookup failed: {e}"));

@@ -14,7 +14,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::task::JoinHandle;
 
-use crate::nodes::discovery::{lookup, next_lookup, resolver, Answer, LookupError};
+use crate::nodes::discovery::{lookup, next_lookup, resolver, Records, LookupError};
 use crate::state::Shared;
 
 /// How often departed nodes are looked at.
@@ -43,14 +43,14 @@ pub async fn first_round(shared: &Shared) -> usize {
             .metrics
             .discovery_lookup(&entry.name, result_label(&answer));
         match answer {
-            Ok(Answer::Found {
+            Ok(Records::Found {
                 addresses, refused, ..
             }) => {
                 log_refused(entry, &refused);
                 found += addresses.len();
                 changed |= !shared.discovered.apply(entry, &addresses).is_empty();
             }
-            Ok(Answer::Empty) => {
+            Ok(Records::Empty) => {
                 tracing::warn!(discover = %entry.name, lookup = %entry.source.name(), "no records yet: no node found by this entry")
             }
             Err(e) => {
@@ -64,10 +64,10 @@ pub async fn first_round(shared: &Shared) -> usize {
     found
 }
 
-fn result_label(answer: &Result<Answer, LookupError>) -> &'static str {
+fn result_label(answer: &Result<Records, LookupError>) -> &'static str {
     match answer {
-        Ok(Answer::Found { .. }) => "success",
-        Ok(Answer::Empty) => "empty",
+        Ok(Records::Found { .. }) => "success",
+        Ok(Records::Empty) => "empty",
         Err(e) => e.label(),
     }
 }
@@ -98,7 +98,7 @@ async fn watch(shared: Arc<Shared>, entry: Discover) {
             .metrics
             .discovery_lookup(&entry.name, result_label(&answer));
         let wait = match answer {
-            Ok(Answer::Found {
+            Ok(Records::Found {
                 addresses,
                 valid_for,
                 refused,
@@ -115,7 +115,7 @@ async fn watch(shared: Arc<Shared>, entry: Discover) {
                 take(&shared, &entry, &addresses);
                 next_lookup(&entry, valid_for)
             }
-            Ok(Answer::Empty) => {
+            Ok(Records::Empty) => {
                 empty_answers = empty_answers.saturating_add(1);
                 if empty_answers == EMPTY_ANSWERS_TO_EMPTY {
                     tracing::warn!(discover = %entry.name, lookup = %entry.source.name(), "no records, twice in a row: every node of this entry departs");
