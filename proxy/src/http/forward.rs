@@ -11,7 +11,6 @@
 //! A node silent past `timeouts.upstream_read` gets the player a 504 and the request goes
 //! nowhere else (it may still be running). Every retry spends the retry budget.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -197,8 +196,8 @@ pub(super) fn relay(
             books.snapshot().limits.logins.failed(account);
         }
     }
-    // A shutdown closes every HTTP/1.1 connection after its answer.
-    if !player.h2 && player.shared.shutting_down.load(Ordering::Relaxed) {
+    // A shutdown closes every HTTP/1.1 connection after its answer (the rule is `then`'s).
+    if !player.h2 && then(player, Then::KeepAlive) == Then::Close {
         parts
             .headers
             .insert(CONNECTION, HeaderValue::from_static("close"));
