@@ -229,7 +229,7 @@ fn the_alert_rules_pass_promtool() {
 #[tokio::test]
 async fn the_dashboard_and_alerts_name_only_metrics_the_edge_registers() {
     // Every name the edge registers (a vector with no samples yet is not in the exposition).
-    let source = std::fs::read_to_string(repo_file("proxy/src/metrics.rs")).unwrap();
+    let source = std::fs::read_to_string(repo_file("proxy/src/ops/metrics.rs")).unwrap();
     let exported: std::collections::HashSet<&str> = source
         .split('"')
         .filter(|s| {
