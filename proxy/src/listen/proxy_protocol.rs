@@ -125,10 +125,7 @@ mod tests {
     fn v1() {
         let h = b"PROXY TCP4 198.51.100.7 10.0.0.1 51234 443\r\nGET / HTTP/1.1\r\n";
         let (origin, len) = parse(h).unwrap().unwrap();
-        assert_eq!(
-            origin,
-            Claim::Client("198.51.100.7:51234".parse().unwrap())
-        );
+        assert_eq!(origin, Claim::Client("198.51.100.7:51234".parse().unwrap()));
         assert_eq!(&h[len..len + 3], b"GET");
         let h6 = b"PROXY TCP6 2001:db8::7 2001:db8::1 51234 443\r\n";
         assert_eq!(
@@ -159,10 +156,7 @@ mod tests {
         let mut bytes = header.clone();
         bytes.extend_from_slice(b"\x16\x03\x01");
         let (origin, len) = parse(&bytes).unwrap().unwrap();
-        assert_eq!(
-            origin,
-            Claim::Client("198.51.100.7:51234".parse().unwrap())
-        );
+        assert_eq!(origin, Claim::Client("198.51.100.7:51234".parse().unwrap()));
         assert_eq!(len, header.len());
         assert!(parse(&header[..10]).unwrap().is_none());
         let local = ppp::v2::Builder::new(ppp::v2::Version::Two | ppp::v2::Command::Local, 0)

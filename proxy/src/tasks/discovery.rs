@@ -14,7 +14,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::task::JoinHandle;
 
-use crate::nodes::discovery::{lookup, next_lookup, resolver, Records, LookupError};
+use crate::nodes::discovery::{lookup, next_lookup, resolver, LookupError, Records};
 use crate::state::Shared;
 
 /// How often departed nodes are looked at.
