@@ -6,8 +6,8 @@
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use libfuzzer_sys::fuzz_target;
-use nakama_edge::exposed::headers::{claims_address, is_hop_by_hop, Keep};
 use nakama_edge::exposed::head::{admit, for_node, for_player, Toward};
+use nakama_edge::exposed::headers::{claims_address, is_hop_by_hop, Keep};
 
 fn headers_of(parsed: &[httparse::Header<'_>]) -> Option<HeaderMap> {
     let mut map = HeaderMap::new();
@@ -66,7 +66,10 @@ fuzz_target!(|data: &[u8]| {
                 for name in node.headers.keys() {
                     let s = name.as_str();
                     assert!(s != "content-length" && s != "transfer-encoding" && s != "expect");
-                    assert!(!is_hop_by_hop(s) || (s == "te" && toward == Toward::H2c), "{s}");
+                    assert!(
+                        !is_hop_by_hop(s) || (s == "te" && toward == Toward::H2c),
+                        "{s}"
+                    );
                     assert!(!claims_address(s) || s == "x-forwarded-for", "{s}");
                 }
                 assert_eq!(node.headers.get_all("x-forwarded-for").iter().count(), 1);
@@ -89,7 +92,10 @@ fuzz_target!(|data: &[u8]| {
             for name in answer.headers.keys() {
                 let s = name.as_str();
                 assert!(s != "transfer-encoding");
-                assert!(!is_hop_by_hop(s) || (upgrade && (s == "upgrade" || s == "connection")), "{s}");
+                assert!(
+                    !is_hop_by_hop(s) || (upgrade && (s == "upgrade" || s == "connection")),
+                    "{s}"
+                );
             }
         }
     }

@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let (query, auth) = text.split_once('\n').unwrap_or((&text, ""));
-    if let Some(token) = nakama_edge::exposed::token::session_token(Some(query), Some(auth.as_bytes())) {
+    if let Some(token) =
+        nakama_edge::exposed::token::session_token(Some(query), Some(auth.as_bytes()))
+    {
         if let Some(uid) = nakama_edge::exposed::token::user_id(token) {
             assert!(!uid.as_bytes().is_empty() && uid.as_bytes().len() <= 64);
         }
