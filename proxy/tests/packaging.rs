@@ -9,19 +9,6 @@ use std::process::{Command, Output};
 
 use support::*;
 
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (.ci/deps and .ci/run install what is needed)"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// `cargo deb` of the binary the tests run (no build of its own), into `dir`.
 fn package(dir: &Path) -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -30,19 +17,21 @@ fn package(dir: &Path) -> PathBuf {
     } else {
         "dev"
     };
-    let out = run(Command::new(env!("CARGO"))
-        .args([
-            "deb",
-            "-p",
-            "nakama-edge",
-            "--no-build",
-            "--fast",
-            "--profile",
-            profile,
-        ])
-        .arg("--output")
-        .arg(dir)
-        .current_dir(&workspace));
+    let out = run_ok(
+        Command::new(env!("CARGO"))
+            .args([
+                "deb",
+                "-p",
+                "nakama-edge",
+                "--no-build",
+                "--fast",
+                "--profile",
+                profile,
+            ])
+            .arg("--output")
+            .arg(dir)
+            .current_dir(&workspace),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let deb = text
         .lines()
@@ -61,11 +50,7 @@ fn inside(root: &Path, user: Option<&str>, args: &[&str]) -> Output {
     cmd.arg(root)
         .args(args)
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    run(&mut cmd)
-}
-
-fn text(out: Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    run_ok(&mut cmd)
 }
 
 #[test]
@@ -73,26 +58,28 @@ fn the_deb_installs_in_a_bare_debian_root_and_its_config_checks() {
     let dir = TempDir::new("deb");
     let deb = package(dir.path());
     let root = dir.path().join("root");
-    run(Command::new("mmdebstrap")
-        .args(["--variant=minbase", "--quiet", "bookworm"])
-        .arg(&root));
+    run_ok(
+        Command::new("mmdebstrap")
+            .args(["--variant=minbase", "--quiet", "bookworm"])
+            .arg(&root),
+    );
     std::fs::copy(&deb, root.join("tmp/nakama-edge.deb")).unwrap();
     inside(&root, None, &["dpkg", "-i", "/tmp/nakama-edge.deb"]);
 
     // The system user, its state directory, the config readable by it alone.
-    let user = text(inside(&root, None, &["getent", "passwd", "nakama-edge"]));
+    let user = stdout_of(inside(&root, None, &["getent", "passwd", "nakama-edge"]));
     assert!(
         user.ends_with(":/var/lib/nakama-edge:/usr/sbin/nologin"),
         "{user}"
     );
-    let stat = |path: &str| text(inside(&root, None, &["stat", "-c", "%U:%G %a", path]));
+    let stat = |path: &str| stdout_of(inside(&root, None, &["stat", "-c", "%U:%G %a", path]));
     assert_eq!(stat("/var/lib/nakama-edge"), "nakama-edge:nakama-edge 700");
     assert_eq!(stat("/etc/nakama-edge/edge.toml"), "root:nakama-edge 640");
     assert!(root.join("usr/lib/nakama-edge/reload").exists());
     assert!(root
         .join("usr/lib/systemd/system/nakama-edge.service")
         .exists());
-    let conffiles = text(inside(
+    let conffiles = stdout_of(inside(
         &root,
         None,
         &["dpkg-query", "-W", "-f=${Conffiles}", "nakama-edge"],

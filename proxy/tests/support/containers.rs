@@ -61,7 +61,7 @@ impl Podman {
     pub fn run(&self, args: &[&str]) -> String {
         let mut cmd = self.command("podman");
         cmd.args(args);
-        text(checked(&mut cmd))
+        super::stdout_of(super::run_ok(&mut cmd))
     }
 
     /// `podman args`, whatever comes of it.
@@ -87,7 +87,7 @@ impl Podman {
             if let Some(bin) = std::env::var_os("NAKAMA_EDGE_BIN") {
                 cmd.env("NAKAMA_EDGE_BINARY", bin);
             }
-            checked(&mut cmd);
+            super::run_ok(&mut cmd);
             *built = true;
         }
         format!("nakama-edge:{}", env!("CARGO_PKG_VERSION"))
@@ -135,7 +135,7 @@ impl Podman {
         }
         let dir = super::TempDir::new("postgres-image");
         let tar = dir.path().join("postgres.tar");
-        checked(
+        super::run_ok(
             Command::new("mmdebstrap")
                 .args(["--variant=minbase", "--quiet", "--include=postgresql-15"])
                 .arg(format!(
@@ -170,23 +170,6 @@ fn here() -> PathBuf {
 
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn checked(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (.ci/deps installs what is needed)"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn text(out: Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -60,6 +60,25 @@ where
     }
 }
 
+/// Run `cmd`, which must succeed (else the test fails with its output): its output.
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (.ci/deps and .ci/run install what is needed)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A command's standard output as text, trimmed.
+pub fn stdout_of(out: std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// A temporary directory, removed on drop.
 pub struct TempDir(pub PathBuf);
 
