@@ -41,7 +41,8 @@ cp "$binary" "$stage/nakama-edge"
 if command -v strip >/dev/null 2>&1; then strip "$stage/nakama-edge"; fi
 # The dynamic loader and each library the binary links, at the path the binary names.
 mkdir "$stage/libs"
-ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' |
+# (A static binary has none: ldd says so and fails, which is no error here.)
+{ ldd "$binary" || true; } | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' |
   while read -r lib; do
     cp --parents -L "$lib" "$stage/libs/"
   done

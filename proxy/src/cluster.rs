@@ -3,13 +3,15 @@
 //! from this edge's own memory, which the sync loop keeps up to date.
 //!
 //! ```text
-//!   ClusterSync (tasks/cluster_sync.rs), every 250 ms ── versions ──┬─ drains moved ──────► Drains::replace ─► every node
+//!   ClusterSync, every 250 ms ── versions ──┬─ drains moved ──────► Drains::replace ─► every node
 //!        (backoff while the                 ├─ challenges moved ──► Challenges::replace_shared
 //!         database is away)                 └─ certificates moved ► ClusterLink::certificates_changed
 //!                                                                    (the ACME task adopts it)
 //!                every 1 s ── heartbeat (counts per node, routing digest, challenges seen)
 //!                          ── live edges ─► GET /cluster, GET /nodes totals, the gauges
 //! ```
+//!
+//! The loop is `tasks/cluster_sync.rs`; this file holds what it learns ([`ClusterLink`]).
 //!
 //! When the database is unreachable the edge serves on with its last state,
 //! `nakama_edge_cluster_database_up` is 0, one WARN line says so (and one INFO line when it is
@@ -126,19 +128,18 @@ impl ClusterLink {
     /// Record how the last attempt went; one line per change, and one for the first failure of
     /// an edge that starts without the database.
     pub fn record(&self, outcome: Result<(), &ClusterError>) {
-        let link = self;
         let up = outcome.is_ok();
-        let was = link.up.swap(up, Ordering::Relaxed);
-        link.gauges.database_up.set(i64::from(up));
+        let was = self.up.swap(up, Ordering::Relaxed);
+        self.gauges.database_up.set(i64::from(up));
         match outcome {
             Ok(()) => {
                 if !was {
-                    tracing::info!(edge = %link.name, "cluster database reachable: shared state in step");
+                    tracing::info!(edge = %self.name, "cluster database reachable: shared state in step");
                 }
-                link.outage_logged.store(false, Ordering::Relaxed);
+                self.outage_logged.store(false, Ordering::Relaxed);
             }
             Err(e) => {
-                if !link.outage_logged.swap(true, Ordering::Relaxed) {
+                if !self.outage_logged.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "cluster database unreachable: serving with the last shared state and retrying with backoff; drains cannot change until it is back");
                 }
             }

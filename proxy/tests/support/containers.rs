@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 /// Podman, or `None` (with a message) where it is not installed.
 pub fn podman() -> Option<&'static Podman> {
@@ -76,9 +76,8 @@ impl Podman {
     /// `deploy/container/build.sh` from the release binary (which it builds), or from
     /// `NAKAMA_EDGE_BIN` when that is set.
     pub fn edge_image(&self) -> String {
-        static BUILT: Mutex<bool> = Mutex::new(false);
-        let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-        if !*built {
+        static BUILT: OnceLock<()> = OnceLock::new();
+        BUILT.get_or_init(|| {
             let mut cmd = self.command(
                 &workspace()
                     .join("deploy/container/build.sh")
@@ -88,8 +87,7 @@ impl Podman {
                 cmd.env("NAKAMA_EDGE_BINARY", bin);
             }
             super::run_ok(&mut cmd);
-            *built = true;
-        }
+        });
         format!("nakama-edge:{}", env!("CARGO_PKG_VERSION"))
     }
 
