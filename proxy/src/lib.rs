@@ -42,7 +42,7 @@
 //! | `[routing]` | `websocket_path` in `http/route.rs`; `sticky_key` and `drain_timeout` in `http/websocket.rs`, `nodes/pool.rs`, `http/ws_close.rs` |
 //! | `[firewall]` | `listen/firewall.rs` (all lists), applied in `listen/accept.rs` and `ops/admin.rs` |
 //! | `[rate_limit]` | `limits/mod.rs`; `login_failures_per_minute` in `limits/logins.rs` |
-//! | `[timeouts]` | `tls_handshake` in `listen/accept.rs`; `request_header`, `http_idle`, `websocket_idle` in `listen/client_conn.rs`; `upstream_connect`, `upstream_read` in `http/forward.rs`; `request_body` in `http/body.rs` |
+//! | `[timeouts]` | `tls_handshake` in `listen/accept.rs`; `request_header`, `http_idle`, `websocket_idle` in `listen/client_conn/clock.rs`; `upstream_connect`, `upstream_read` in `http/forward.rs`; `request_body` in `http/body.rs` |
 //! | `[log]` | `ops/logging.rs` |
 //! | `[cluster]` | `cluster.rs`, `tasks/cluster_sync.rs` |
 

@@ -8,7 +8,7 @@
 //! | [`firewall`] | CIDR allow/deny, decided right after `accept()` |
 //! | [`proxy_protocol`] | PROXY protocol v1/v2 from trusted load balancers |
 //! | [`player_tls`] | a player's TLS stream: rustls over the socket |
-//! | [`client_conn`] | a player's connection: head, idle and WebSocket deadlines, its slot |
+//! | [`client_conn`] | a player's connection: its transport, head/idle/WebSocket deadlines (clock, timer, head end), a WebSocket's close frame, its slot and lingering close |
 //! | [`closing`] | a listener's signal to its connections to close what is idle (shutdown) |
 
 pub mod accept;
