@@ -84,16 +84,22 @@ fn verify(c: &mut Criterion) {
     let unsigned = format!(
         "{}.{}",
         e.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
-        e.encode(r#"{"tid":"6f1d2c4e-8a2b-4c1d-9e3f-0a1b2c3d4e5f","uid":"0b0e7d9a-1b7b-4b6e-9d1e-1f6d2a3b4c5d","usn":"player123","vrs":{},"exp":4000000000,"iat":1800000000}"#)
+        e.encode(r#"{"tid":"6f1d2c4e-8a2b-4c1d-9e3f-0a1b2c3d4e5f","uid":"0b0e7d9a-1b7b-4b6e-9d1e-1f6d2a3b4c5d","usn":"player123","vrs":{"region":"eu","shard":"eu-ranked"},"exp":4000000000,"iat":1800000000}"#)
     );
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"defaultencryptionkey").expect("key");
     mac.update(unsigned.as_bytes());
     let token = format!("{unsigned}.{}", e.encode(mac.finalize().into_bytes()));
     let verifier = token::Verifier::new(["defaultencryptionkey"]).expect("verifier");
-    assert!(verifier.verify(&token, 1_900_000_000).is_ok());
+    assert!(verifier.verify(&token, 1_900_000_000, None).is_ok());
     c.bench_function("verify a session token (HS256) and read its user", |b| {
-        b.iter(|| black_box(verifier.verify(black_box(&token), 1_900_000_000)))
+        b.iter(|| black_box(verifier.verify(black_box(&token), 1_900_000_000, None)))
     });
+    let shard = verifier.verify(&token, 1_900_000_000, Some("shard"));
+    assert!(shard.is_ok_and(|v| v.var.is_some()));
+    c.bench_function(
+        "verify a session token (HS256) and read its user and shard var",
+        |b| b.iter(|| black_box(verifier.verify(black_box(&token), 1_900_000_000, Some("shard")))),
+    );
 }
 
 fn firewall(c: &mut Criterion) {
@@ -139,7 +145,7 @@ fn metrics(c: &mut Criterion) {
         b.iter(|| metrics.request(black_box(200), Route::Api, black_box("nakama-3"), 0.002))
     });
     c.bench_function("render /metrics (10 nodes, 360 request series)", |b| {
-        b.iter(|| black_box(metrics.render(&pool, &[], None)))
+        b.iter(|| black_box(metrics.render(&pool, &[], None, std::iter::empty())))
     });
 }
 

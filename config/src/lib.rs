@@ -163,6 +163,20 @@ pub struct Config {
     pub nakama: Nakama,
     /// Nodes found in DNS, beside `nodes`.
     pub discover: Vec<Discover>,
+    /// The shards of `routing.mode = "shards"`, in file order; empty: every node is its own.
+    pub shards: Vec<Shard>,
+}
+
+/// One `[[shards]]` entry: the node that holds a shard's matches, parties and chat, and the
+/// one that takes its new work while that node cannot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    /// What players name in their session var (`routing.shard_var`).
+    pub name: String,
+    /// A `[[nodes]]` entry's name, or a `[[discover]]` entry's (the node it finds).
+    pub node: String,
+    /// Likewise; takes the shard's new work while `node` is down or drained.
+    pub standby: Option<String>,
 }
 
 /// One `[[discover]]` entry: nodes found in DNS, named `<name>-<address>:<port>`.
@@ -398,6 +412,19 @@ pub struct Routing {
     pub sticky_key: StickyKey,
     /// How long WebSockets on a draining node may stay open.
     pub drain_timeout: Duration,
+    /// Where a player's requests go.
+    pub mode: RoutingMode,
+    /// The session var (token `vrs`) that names a player's shard.
+    pub shard_var: String,
+}
+
+/// How players are spread over the nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoutingMode {
+    /// One node or a Nakama Enterprise cluster: API calls round-robin, sockets sticky by user.
+    Cluster,
+    /// Independent open-source nodes: every request of a player to the node of its shard.
+    Shards,
 }
 
 /// What WebSocket upgrades are hashed on.

@@ -23,6 +23,16 @@ pub(crate) struct RawConfig {
     pub cluster: S<RawCluster>,
     pub nakama: S<RawNakama>,
     pub discover: Vec<RawDiscover>,
+    pub shards: Vec<RawShard>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawShard {
+    pub name: Spanned<String>,
+    pub node: Spanned<String>,
+    #[serde(default)]
+    pub standby: S<String>,
 }
 
 #[derive(Deserialize)]
@@ -149,6 +159,8 @@ pub(crate) struct RawRouting {
     pub websocket_path: S<String>,
     pub sticky_key: S<String>,
     pub drain_timeout: S<String>,
+    pub mode: S<String>,
+    pub shard_var: S<String>,
 }
 
 #[derive(Deserialize, Default)]

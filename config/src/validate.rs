@@ -1,7 +1,7 @@
 //! From [`RawConfig`] to [`Config`]: defaults, types and every cross-field rule, collecting
 //! all problems instead of stopping at the first.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::path::PathBuf;
@@ -244,6 +244,25 @@ impl Checker<'_> {
                 StickyKey::User
             }
         };
+        let mode = match r.mode.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+            None | Some(("cluster", _)) => RoutingMode::Cluster,
+            Some(("shards", _)) => RoutingMode::Shards,
+            Some((other, span)) => {
+                self.problem(
+                    span,
+                    format!("routing.mode must be \"cluster\" or \"shards\", not {other:?}"),
+                );
+                RoutingMode::Cluster
+            }
+        };
+        let shard_var = match &r.shard_var {
+            Some(v) if v.get_ref().is_empty() => {
+                self.problem(v.span(), "routing.shard_var must not be empty");
+                "shard".to_string()
+            }
+            Some(v) => v.get_ref().clone(),
+            None => "shard".to_string(),
+        };
         let routing = Routing {
             websocket_path,
             sticky_key,
@@ -253,6 +272,8 @@ impl Checker<'_> {
                 Duration::from_secs(300),
                 false,
             ),
+            mode,
+            shard_var,
         };
 
         let f = &raw.firewall;
@@ -432,6 +453,14 @@ impl Checker<'_> {
             .unwrap_or_default();
         let discover = self.discover(&raw.discover, &nodes);
         self.sealed(&raw.nodes, &nodes, &discover);
+        let shards = self.shards(
+            &raw.routing,
+            &raw.shards,
+            &routing,
+            &nakama,
+            &nodes,
+            &discover,
+        );
 
         Config {
             server,
@@ -447,7 +476,90 @@ impl Checker<'_> {
             cluster,
             nakama,
             discover,
+            shards,
         }
+    }
+
+    /// `[[shards]]`, and what shard mode needs: verified session tokens, and shards whose
+    /// nodes exist and hold one shard each.
+    fn shards(
+        &mut self,
+        raw_routing: &RawRouting,
+        raw: &[RawShard],
+        routing: &Routing,
+        nakama: &Nakama,
+        nodes: &[Node],
+        discover: &[Discover],
+    ) -> Vec<Shard> {
+        if routing.mode == RoutingMode::Shards && nakama.session_keys.is_empty() {
+            let at = raw_routing.mode.as_ref().map_or(0..0, |m| m.span());
+            self.problem(
+                at,
+                "routing.mode = \"shards\" reads each player's shard from their verified \
+                 session token: set [nakama] session_key (Nakama's session.encryption_key)",
+            );
+        }
+        if routing.mode == RoutingMode::Cluster {
+            if let Some(first) = raw.first() {
+                self.problem(
+                    first.name.span(),
+                    "[[shards]] is for routing.mode = \"shards\" (set it in [routing])",
+                );
+            }
+        }
+        let known = |name: &str| {
+            nodes.iter().any(|n| n.name == name) || discover.iter().any(|d| d.name == name)
+        };
+        let mut names: HashSet<&str> = HashSet::new();
+        let mut holders: HashMap<&str, &str> = HashMap::new();
+        let mut shards = Vec::with_capacity(raw.len());
+        for s in raw {
+            let name = s.name.get_ref();
+            if name.is_empty() || name.len() > 64 {
+                self.problem(s.name.span(), "shards.name must be 1 to 64 characters");
+            } else if name == "none" {
+                self.problem(
+                    s.name.span(),
+                    "shards.name \"none\" is taken: it labels the requests of no shard",
+                );
+            } else if !names.insert(name) {
+                self.problem(s.name.span(), format!("shards.name {name:?} is used twice"));
+            }
+            let node = s.node.get_ref();
+            if !known(node) {
+                self.problem(
+                    s.node.span(),
+                    format!("shards.node {node:?} is neither a [[nodes]] nor a [[discover]] name"),
+                );
+            } else if let Some(other) = holders.insert(node, name) {
+                self.problem(
+                    s.node.span(),
+                    format!("shards.node {node:?} already holds shard {other:?}: a node holds one shard"),
+                );
+            }
+            if let Some(standby) = &s.standby {
+                let standby_name = standby.get_ref();
+                if standby_name == node {
+                    self.problem(
+                        standby.span(),
+                        format!("shards.standby {standby_name:?} is the shard's own node"),
+                    );
+                } else if !known(standby_name) {
+                    self.problem(
+                        standby.span(),
+                        format!(
+                            "shards.standby {standby_name:?} is neither a [[nodes]] nor a [[discover]] name"
+                        ),
+                    );
+                }
+            }
+            shards.push(Shard {
+                name: name.clone(),
+                node: node.clone(),
+                standby: s.standby.as_ref().map(|s| s.get_ref().clone()),
+            });
+        }
+        shards
     }
 
     /// A port that a node may be reached on by players: not a console or metrics port.

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = nakama_edge::exposed::token::user_id(&text);
     if let Some(verifier) = nakama_edge::exposed::token::Verifier::new(["fuzz-key"]) {
         // Whatever the bytes: a verdict, never a panic.
-        let _ = verifier.verify(&text, 1_900_000_000);
+        let _ = verifier.verify(&text, 1_900_000_000, Some("shard"));
     }
     let _ = nakama_edge_config::parse_duration(&text);
     let _ = text.parse::<nakama_edge_config::IpNet>();

@@ -168,6 +168,15 @@ pub fn routing_digest(config: &Config, members: &[Member]) -> String {
         "routing {:?} {}\n",
         config.routing.sticky_key, config.routing.websocket_path
     ));
+    // Shard mode only, so that digests of cluster-mode edges stay as they were.
+    if config.routing.mode == nakama_edge_config::RoutingMode::Shards {
+        hash.update(format!("shards by {}\n", config.routing.shard_var));
+        let mut shards: Vec<_> = config.shards.iter().collect();
+        shards.sort_by(|a, b| a.name.cmp(&b.name));
+        for s in shards {
+            hash.update(format!("shard {} {} {:?}\n", s.name, s.node, s.standby));
+        }
+    }
     hash.finalize()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use nakama_edge_certs::{CertError, CertResolver, CertifiedKey};
-use nakama_edge_config::{CertificateSource, Config, ConfigError};
+use nakama_edge_config::{CertificateSource, Config, ConfigError, RoutingMode};
 use tokio::sync::Notify;
 
 use crate::limits::{Limits, OpenConnections};
@@ -30,6 +30,7 @@ use crate::listen::firewall::Firewall;
 use crate::nodes::discovery::Discovered;
 use crate::nodes::drains::{Drains, DrainsError};
 use crate::nodes::pool::{Member, Pool, Registry};
+use crate::nodes::shards::Shards;
 use crate::ops::metrics::Metrics;
 
 /// Everything a request needs from the config, built once per config version.
@@ -48,6 +49,8 @@ pub struct Snapshot {
     /// Verifies session tokens (`[nakama] session_key`); `None`: players are told apart by
     /// address only.
     pub verifier: Option<crate::limits::token::Verifier>,
+    /// The shards over the pool's nodes (`routing.mode = "shards"`); `None` in cluster mode.
+    pub shards: Option<Shards>,
 }
 
 impl Snapshot {
@@ -58,8 +61,11 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         open: &Arc<OpenConnections>,
         drains: &Drains,
+        metrics: &Metrics,
     ) -> Snapshot {
         let pool = Pool::build(members, registry, drains);
+        let shards = (config.routing.mode == RoutingMode::Shards)
+            .then(|| Shards::build(&config, &pool, |name| metrics.shard_series(name)));
         let firewall = Firewall::new(&config.firewall);
         let limits = match previous {
             Some(p) if *p.limits.config() == config.rate_limit => p.limits.clone(),
@@ -74,7 +80,13 @@ impl Snapshot {
             pool,
             firewall,
             limits,
+            shards,
         }
+    }
+
+    /// The names of the shards, if any.
+    fn shard_names(&self) -> impl Iterator<Item = &str> {
+        self.shards.iter().flat_map(|s| s.iter().map(|s| &*s.name))
     }
 }
 
@@ -184,6 +196,7 @@ impl Shared {
             None,
             &open,
             &drains,
+            &metrics,
         );
         Ok(Shared {
             current: ArcSwap::from_pointee(snapshot),
@@ -356,7 +369,14 @@ impl Shared {
             Some(old),
             &self.open,
             &self.drains,
+            &self.metrics,
         );
+        for gone in old
+            .shard_names()
+            .filter(|name| next.shard_names().all(|n| n != *name))
+        {
+            self.metrics.forget_shard(gone);
+        }
         for gone in old
             .pool
             .nodes

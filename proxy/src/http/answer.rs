@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONNECTION, RETRY_AFTER};
+use http::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{Method, Response, StatusCode, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Sleep;
@@ -300,7 +300,24 @@ pub enum Then {
 
 /// An answer of the edge's own: `status`, no body, and what follows.
 pub fn refusal(status: StatusCode, then: Then, books: Books) -> Response<Answer> {
-    own(status, then, None, books)
+    own(status, then, None, Bytes::new(), books)
+}
+
+/// 503 for a player whose shard has no node that takes its new work, saying why in Nakama's
+/// error shape (`code` 14: unavailable).
+pub fn shard_unavailable(reason: &str, then: Then, books: Books) -> Response<Answer> {
+    let body = serde_json::json!({ "code": 14, "message": reason }).to_string();
+    let mut response = own(
+        StatusCode::SERVICE_UNAVAILABLE,
+        then,
+        None,
+        Bytes::from(body),
+        books,
+    );
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 /// 429, with `Retry-After`.
@@ -309,6 +326,7 @@ pub fn too_many(retry_after: u64, then: Then, books: Books) -> Response<Answer> 
         StatusCode::TOO_MANY_REQUESTS,
         then,
         Some(retry_after),
+        Bytes::new(),
         books,
     )
 }
@@ -317,6 +335,7 @@ fn own(
     status: StatusCode,
     then: Then,
     retry_after: Option<u64>,
+    body: Bytes,
     mut books: Books,
 ) -> Response<Answer> {
     books.answered(status);
@@ -328,7 +347,7 @@ fn own(
         books.next_request = false;
     }
     let h2 = books.player.h2;
-    let mut response = Response::new(Answer::own(Bytes::new(), books));
+    let mut response = Response::new(Answer::own(body, books));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     match retry_after {

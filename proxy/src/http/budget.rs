@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use crate::limits::token;
+use crate::limits::token::UserId;
 use crate::limits::{client_key, is_auth_path, retry_after_secs, Limited};
 use crate::ops::metrics::RejectReason;
 use crate::state::{Shared, Snapshot};
@@ -15,23 +15,16 @@ pub(crate) struct RateLimited {
 }
 
 /// The request budget: players' routes only (not ACME, redirects or the console). A request
-/// whose session token verifies spends its user's budget; any other (logins, `http_key`
+/// whose session token verified (`user`) spends its user's budget; any other (logins, `http_key`
 /// calls, unverifiable tokens) its address's. Rejections are counted.
 pub(crate) fn request_budget(
     shared: &Shared,
     snapshot: &Snapshot,
     path: &str,
-    query: Option<&str>,
-    authorization: Option<&[u8]>,
+    user: Option<UserId>,
     client: IpAddr,
 ) -> Option<RateLimited> {
     let limits = &snapshot.limits;
-    let user = snapshot.verifier.as_ref().and_then(|v| {
-        let token = token::session_token(query, authorization)?;
-        let verified = v.verify(token, unix_now());
-        shared.metrics.session_token(&verified);
-        verified.ok()
-    });
     let (result, reason) = match user {
         Some(uid) => (limits.check_user(uid.key()), RejectReason::User),
         None => (
@@ -76,10 +69,4 @@ pub(crate) fn login_budget(
             })
         }
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

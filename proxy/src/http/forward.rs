@@ -1,6 +1,6 @@
 //! A request's way to a node and its answer's way back: the node picked (round-robin over the
 //! routable nodes, those with a gRPC address for gRPC; an operator's own console node,
-//! [`super::console`]), the request sent
+//! [`super::console`]; in shard mode the node of the player's shard, [`super::target`]), the request sent
 //! ([`crate::nodes::upstream`]), and when that fails, another node within the rules below.
 //!
 //! **When a request goes to another node.** A request that never reached its node (the node
@@ -19,10 +19,11 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use super::answer::{refusal, Answer, Books, Then};
+use super::answer::{refusal, shard_unavailable, Answer, Books, Then};
 use super::console::Operator;
 use super::head::{for_node, for_player, Toward};
 use super::request::then;
+use super::target::Target;
 use super::Player;
 use crate::http::headers::Keep;
 use crate::http::route::Route;
@@ -38,6 +39,7 @@ pub(super) async fn to_node(
     body: Bytes,
     login: Option<u64>,
     mut books: Books,
+    target: Target,
 ) -> Response<Answer> {
     let toward = match books.route {
         Route::Grpc => Toward::H2c,
@@ -52,7 +54,7 @@ pub(super) async fn to_node(
     let head_request = parts.method == Method::HEAD;
     // Boxed: the request goes down through a few futures, and a box moves as a pointer.
     let request = Box::new(Request::from_parts(parts, Full::new(body)));
-    match send(player, &mut books, request, operator.as_deref()).await {
+    match send(player, &mut books, request, operator.as_deref(), target).await {
         Ok((response, lease)) => {
             // An operator's console pick, kept for the console's next requests.
             let cookie = operator.as_deref().and_then(|o| {
@@ -65,7 +67,24 @@ pub(super) async fn to_node(
             }
             answer
         }
-        Err(status) => refusal(status, then(player, Then::KeepAlive), books),
+        Err(status) => refuse(status, target, then(player, Then::KeepAlive), books),
+    }
+}
+
+/// The player's answer when no node answered: `status`, with the reason when it is a
+/// shard's (no node takes its new work).
+pub(super) fn refuse(
+    status: StatusCode,
+    target: Target,
+    then: Then,
+    books: Books,
+) -> Response<Answer> {
+    match target.unavailable(books.snapshot(), status) {
+        Some(reason) => {
+            tracing::debug!(%reason, "request refused");
+            shard_unavailable(&reason, then, books)
+        }
+        None => refusal(status, then, books),
     }
 }
 
@@ -77,6 +96,7 @@ async fn send(
     books: &mut Books,
     mut request: Box<Request<OutBody>>,
     operator: Option<&Operator>,
+    target: Target,
 ) -> Result<(Response<Incoming>, Option<upstream::Lease>), StatusCode> {
     let snapshot = books.snapshot().clone();
     let route = books.route;
@@ -90,7 +110,7 @@ async fn send(
         if let Some(last) = books.node.and_then(|i| pool.nodes.get(i)) {
             shared.metrics.upstream_retry(&last.config.name);
         }
-        let picked = match route {
+        let picked = target.pick(&snapshot, tried, || match route {
             Route::Grpc => pool.pick_grpc(tried),
             Route::Console => pool.pick_console(
                 operator.map_or(&[][..], Operator::key),
@@ -98,7 +118,7 @@ async fn send(
                 tried,
             ),
             _ => pool.pick_round_robin(tried),
-        };
+        });
         let Some(i) = picked else {
             return Err(no_node_left(books.node.is_some()));
         };

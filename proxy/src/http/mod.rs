@@ -8,6 +8,7 @@
 //!        │    head::admit ────────── 400/405/413/414/431 and close: a head framed or named badly
 //!        │    edge's own answers ─── ACME HTTP-01, redirects to https (the http listener)
 //!        │    request budget ─────── 429 (per user with a verified token, else per address)
+//!        │    target::Target ─────── any node, or (shard mode) the node of the player's shard
 //!        │    body::read_whole ───── the body, whole, within timeouts.request_body (408, 413)
 //!        │    login budget ───────── 429 (failed logins per account)
 //!        │    websocket::open ────── a WebSocket: sticky node, hyper's upgrade, then the splice
@@ -31,6 +32,7 @@ pub mod head;
 pub mod headers;
 mod request;
 pub mod route;
+mod target;
 pub mod tunnel;
 mod websocket;
 pub mod ws_close;

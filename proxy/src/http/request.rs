@@ -13,6 +13,7 @@ use super::answer::{refusal, too_many, Answer, Books, Then};
 use super::body::{read_whole, BodyRead};
 use super::budget::{login_budget, request_budget};
 use super::head::{admit, BodyLength};
+use super::target::{session, Target};
 use super::{forward, websocket, Player};
 use crate::http::route::{classify, Route, ACME_CHALLENGE_PREFIX};
 
@@ -58,22 +59,21 @@ pub(super) async fn handle(player: Arc<Player>, req: Request<Incoming>) -> Respo
         _ => {}
     }
 
-    // 3. The request budget.
+    // 3. The request budget (the session token verified once, for it and the shard).
+    let mut target = Target::Any;
     if matches!(route, Route::Api | Route::WebSocket | Route::Grpc) {
+        let session = session(&player.shared, &snapshot, &parts);
         let limited = request_budget(
             &player.shared,
             &snapshot,
             parts.uri.path(),
-            parts.uri.query(),
-            parts
-                .headers
-                .get(http::header::AUTHORIZATION)
-                .map(HeaderValue::as_bytes),
+            session.map(|s| s.user),
             player.client,
         );
         if let Some(limited) = limited {
             return too_many(limited.retry_after, then(&player, unread), books);
         }
+        target = Target::of(&snapshot, session.as_ref());
     }
 
     // 4. WebSockets: no body, a node of their own.
@@ -82,7 +82,7 @@ pub(super) async fn handle(player: Arc<Player>, req: Request<Incoming>) -> Respo
             return refusal(StatusCode::BAD_REQUEST, unread, books);
         }
         // Boxed: an upgrade's state is large, and every API request's future would carry it.
-        return Box::pin(websocket::open(&player, parts, books)).await;
+        return Box::pin(websocket::open(&player, parts, books, target)).await;
     }
 
     // 5. The body, whole.
@@ -110,7 +110,7 @@ pub(super) async fn handle(player: Arc<Player>, req: Request<Incoming>) -> Respo
     };
 
     // 7. To a node and back.
-    forward::to_node(&player, parts, body, login, books).await
+    forward::to_node(&player, parts, body, login, books, target).await
 }
 
 /// What follows an answer the edge gives itself: `then`, or a close once the process is

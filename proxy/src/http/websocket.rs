@@ -1,5 +1,5 @@
 //! A player's WebSocket: the node picked by the user id in the session token (else the
-//! client's address), the upgrade asked of it on a fresh connection, and once it answers 101,
+//! client's address; in shard mode, the node of the player's shard, [`super::target`]), the upgrade asked of it on a fresh connection, and once it answers 101,
 //! both connections handed over by hyper ([`hyper::upgrade`]) to the edge's splice
 //! ([`crate::http::tunnel`]), which counts the client's messages and closes with a close frame.
 //!
@@ -20,9 +20,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::answer::{refusal, Answer, Books, Then};
-use super::forward::{connect_failed, no_node_left, within_retry_budget};
+use super::forward::{connect_failed, no_node_left, refuse, within_retry_budget};
 use super::head::{for_node, Toward};
 use super::request::then;
+use super::target::Target;
 use super::Player;
 use crate::http::headers::{self, Keep};
 use crate::http::route::Route;
@@ -32,7 +33,7 @@ use crate::limits::token;
 use crate::limits::MessageBudget;
 use crate::listen::client_conn::ClientConn;
 use crate::nodes::pool::{Counted, NodeRuntime, Tried};
-use crate::ops::metrics::RejectReason;
+use crate::ops::metrics::{OpenShardSocket, RejectReason};
 use crate::state::{Shared, Snapshot};
 
 /// How long a node has to answer a WebSocket upgrade once connected.
@@ -43,6 +44,7 @@ pub(super) async fn open(
     player: &Arc<Player>,
     mut parts: http::request::Parts,
     mut books: Books,
+    target: Target,
 ) -> Response<Answer> {
     let snapshot = books.snapshot().clone();
     let Some(upgraded) = parts.extensions.remove::<OnUpgrade>() else {
@@ -60,6 +62,7 @@ pub(super) async fn open(
     let timeouts = &snapshot.config.timeouts;
     shared.retry_budget.record_request();
     let mut tried = Tried::default();
+    let mut shard;
     let (i, mut response) = loop {
         if let Some(last) = books.node.and_then(|i| snapshot.pool.nodes.get(i)) {
             if !within_retry_budget(shared) {
@@ -71,9 +74,13 @@ pub(super) async fn open(
             }
             shared.metrics.upstream_retry(&last.config.name);
         }
-        let Some(i) = snapshot.pool.pick_sticky(key.as_bytes(), tried) else {
+        shard = target.shard(&snapshot, tried);
+        let picked = target.pick(&snapshot, tried, || {
+            snapshot.pool.pick_sticky(key.as_bytes(), tried)
+        });
+        let Some(i) = picked else {
             let status = no_node_left(books.node.is_some());
-            return refusal(status, then(player, Then::KeepAlive), books);
+            return refuse(status, target, then(player, Then::KeepAlive), books);
         };
         tried.insert(i);
         books.node = Some(i);
@@ -120,6 +127,9 @@ pub(super) async fn open(
     let session = Session {
         shared: shared.clone(),
         runtime: node.runtime.clone(),
+        _shard: shard
+            .and_then(|s| snapshot.shards.as_ref()?.get(s))
+            .map(|s| s.series.open_websocket()),
         websocket_idle: timeouts.websocket_idle,
         rate: snapshot.config.rate_limit.websocket_messages_per_second,
         burst: snapshot.config.rate_limit.websocket_message_burst,
@@ -132,6 +142,8 @@ pub(super) async fn open(
 struct Session {
     shared: Arc<Shared>,
     runtime: Arc<NodeRuntime>,
+    /// Counts the socket in its shard's gauge (shard mode) while it is open.
+    _shard: Option<OpenShardSocket>,
     websocket_idle: Duration,
     rate: u32,
     burst: u32,

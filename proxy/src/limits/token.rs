@@ -1,7 +1,8 @@
 //! The Nakama user behind a session token.
 //!
 //! A session token is a JWT (`header.payload.signature`, base64url); its payload carries
-//! `uid`, the user id, stable across token refreshes and IP changes, and `exp`.
+//! `uid`, the user id, stable across token refreshes and IP changes, `exp`, and `vrs`, the
+//! session vars a client set at authentication (omitted when empty).
 //!
 //! * [`user_id`] reads the `uid` without the key: enough to choose a WebSocket's node (Nakama
 //!   checks the signature, and a forged `uid` only chooses which node rejects the socket).
@@ -13,7 +14,6 @@
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
 use sha2::Sha256;
 
 /// A user id copied out of a token, on the stack.
@@ -39,13 +39,6 @@ impl std::fmt::Debug for UserId {
 /// Payloads larger than this are not tokens Nakama issued.
 const MAX_PAYLOAD: usize = 2048;
 
-#[derive(Deserialize)]
-struct Claims<'a> {
-    #[serde(borrow)]
-    uid: Option<&'a str>,
-    exp: Option<u64>,
-}
-
 /// A token's three parts, if it has exactly three.
 fn parts(token: &str) -> Option<(&str, &str, &str)> {
     let mut parts = token.split('.');
@@ -53,8 +46,131 @@ fn parts(token: &str) -> Option<(&str, &str, &str)> {
     parts.next().is_none().then_some((header, payload, sig))
 }
 
-/// The `uid` (and `exp`) of a JWT payload, decoded on the stack.
-fn claims(payload: &str) -> Option<(UserId, Option<u64>)> {
+/// A short string copied out of a token, on the stack: a session var's value.
+#[derive(Clone, Copy)]
+pub struct Short {
+    bytes: [u8; 64],
+    len: u8,
+}
+
+impl Short {
+    fn of(text: &str) -> Option<Short> {
+        let len = text.len();
+        if len > 64 {
+            return None;
+        }
+        let mut bytes = [0u8; 64];
+        bytes[..len].copy_from_slice(text.as_bytes());
+        Some(Short {
+            bytes,
+            len: len as u8,
+        })
+    }
+
+    /// The value's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl std::fmt::Debug for Short {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+/// What a token's payload says: `uid`, `exp`, and the value of one session var in `vrs`.
+struct Claims {
+    uid: Option<UserId>,
+    exp: Option<u64>,
+    var: Option<Short>,
+}
+
+/// Reads [`Claims`], looking in `vrs` for the var `.0` only (nothing else is kept, and
+/// nothing allocated unless a string has escapes).
+struct ClaimsOf<'v>(Option<&'v str>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for ClaimsOf<'_> {
+    type Value = Claims;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Claims, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ClaimsOf<'_> {
+    type Value = Claims;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JWT payload")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Claims, A::Error> {
+        use std::borrow::Cow;
+        let mut claims = Claims {
+            uid: None,
+            exp: None,
+            var: None,
+        };
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match (&*key, self.0) {
+                ("uid", _) => {
+                    let uid: Cow<'de, str> = map.next_value()?;
+                    claims.uid = UserId::of(&uid);
+                }
+                ("exp", _) => claims.exp = map.next_value()?,
+                ("vrs", Some(var)) => claims.var = map.next_value_seed(VarOf(var))?,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(claims)
+    }
+}
+
+/// The value of var `.0` in `vrs`, an object of strings.
+struct VarOf<'v>(&'v str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for VarOf<'_> {
+    type Value = Option<Short>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<Short>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for VarOf<'_> {
+    type Value = Option<Short>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("session vars")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<Option<Short>, A::Error> {
+        use std::borrow::Cow;
+        let mut found = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if *key == *self.0 {
+                let value: Cow<'de, str> = map.next_value()?;
+                found = Short::of(&value);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl UserId {
+    fn of(uid: &str) -> Option<UserId> {
+        let short = Short::of(uid).filter(|s| s.len > 0)?;
+        Some(UserId {
+            bytes: short.bytes,
+            len: short.len,
+        })
+    }
+}
+
+/// The claims of a JWT payload, decoded on the stack; `var`: the session var to read.
+fn claims(payload: &str, var: Option<&str>) -> Option<Claims> {
     if payload.len() > MAX_PAYLOAD * 4 / 3 + 4 {
         return None;
     }
@@ -62,26 +178,16 @@ fn claims(payload: &str) -> Option<(UserId, Option<u64>)> {
     let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode_slice(payload.trim_end_matches('='), &mut buf)
         .ok()?;
-    let claims: Claims = serde_json::from_slice(&buf[..n]).ok()?;
-    let uid = claims.uid?.as_bytes();
-    if uid.is_empty() || uid.len() > 64 {
-        return None;
-    }
-    let mut bytes = [0u8; 64];
-    bytes[..uid.len()].copy_from_slice(uid);
-    Some((
-        UserId {
-            bytes,
-            len: uid.len() as u8,
-        },
-        claims.exp,
-    ))
+    let mut de = serde_json::Deserializer::from_slice(&buf[..n]);
+    let claims = serde::de::DeserializeSeed::deserialize(ClaimsOf(var), &mut de).ok()?;
+    de.end().ok()?;
+    claims.uid.is_some().then_some(claims)
 }
 
 /// The `uid` claim of `token`, if the token is a readable JWT that has one (not verified).
 pub fn user_id(token: &str) -> Option<UserId> {
     let (_header, payload, _sig) = parts(token)?;
-    claims(payload).map(|(uid, _)| uid)
+    claims(payload, None)?.uid
 }
 
 impl UserId {
@@ -137,9 +243,10 @@ impl Verifier {
         (!keys.is_empty()).then_some(Verifier { keys })
     }
 
-    /// The user `token` identifies: signed (HS256) with one of the keys, and not expired at
-    /// `now` (Unix seconds). Anything else identifies nobody, and says why.
-    pub fn verify(&self, token: &str, now: u64) -> Result<UserId, Refused> {
+    /// The user `token` identifies, and the value of its session var `var`: signed (HS256)
+    /// with one of the keys, and not expired at `now` (Unix seconds). Anything else identifies
+    /// nobody, and says why.
+    pub fn verify(&self, token: &str, now: u64, var: Option<&str>) -> Result<Verified, Refused> {
         let (header, payload, sig) = parts(token).ok_or(Refused::Malformed)?;
         let mut signature = [0u8; SIGNATURE + 2];
         let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -157,12 +264,25 @@ impl Verifier {
         if !genuine {
             return Err(Refused::BadSignature);
         }
-        let (uid, exp) = claims(payload).ok_or(Refused::Malformed)?;
-        match exp {
-            Some(exp) if exp > now => Ok(uid),
+        let claims = claims(payload, var).ok_or(Refused::Malformed)?;
+        match (claims.uid, claims.exp) {
+            (Some(user), Some(exp)) if exp > now => Ok(Verified {
+                user,
+                var: claims.var,
+            }),
+            (None, _) => Err(Refused::Malformed),
             _ => Err(Refused::Expired),
         }
     }
+}
+
+/// What a verified session token says.
+#[derive(Debug, Clone, Copy)]
+pub struct Verified {
+    /// The user.
+    pub user: UserId,
+    /// The session var asked for, if the token has it (and it is at most 64 bytes).
+    pub var: Option<Short>,
 }
 
 /// Why a session token identifies nobody.
@@ -267,21 +387,24 @@ mod tests {
         let v = Verifier::new(["old-key", "new-key"]).unwrap();
         let claims = format!(r#"{{"tid":"t","uid":"{UID}","usn":"u","exp":2000}}"#);
         for key in ["old-key", "new-key"] {
-            let uid = v.verify(&signed(key, &claims), 1999).unwrap();
-            assert_eq!(uid.as_bytes(), UID.as_bytes());
+            let verified = v
+                .verify(&signed(key, &claims), 1999, Some("shard"))
+                .unwrap();
+            assert_eq!(verified.user.as_bytes(), UID.as_bytes());
+            assert!(verified.var.is_none());
         }
         assert_eq!(
-            v.verify(&signed("other-key", &claims), 1999).err(),
+            v.verify(&signed("other-key", &claims), 1999, None).err(),
             Some(Refused::BadSignature),
             "forged"
         );
         assert_eq!(
-            v.verify(&signed("new-key", &claims), 2000).err(),
+            v.verify(&signed("new-key", &claims), 2000, None).err(),
             Some(Refused::Expired)
         );
         let no_exp = format!(r#"{{"uid":"{UID}"}}"#);
         assert_eq!(
-            v.verify(&signed("new-key", &no_exp), 1).err(),
+            v.verify(&signed("new-key", &no_exp), 1, None).err(),
             Some(Refused::Expired),
             "no expiry"
         );
@@ -292,7 +415,7 @@ mod tests {
         let other = e.encode(claims.replace("0b0e", "ffff"));
         parts[1] = &other;
         assert_eq!(
-            v.verify(&parts.join("."), 1999).err(),
+            v.verify(&parts.join("."), 1999, None).err(),
             Some(Refused::BadSignature),
             "tampered"
         );
@@ -302,10 +425,43 @@ mod tests {
             "a.b.c",
             &format!("{}.x", &good[..good.rfind('.').unwrap()]),
         ] {
-            assert_eq!(v.verify(junk, 0).err(), Some(Refused::Malformed), "{junk}");
+            assert_eq!(
+                v.verify(junk, 0, None).err(),
+                Some(Refused::Malformed),
+                "{junk}"
+            );
         }
         assert!(Verifier::new(Vec::<&str>::new()).is_none());
         assert_eq!(format!("{v:?}"), "Verifier(2 key(s))");
+    }
+
+    #[test]
+    fn a_verified_token_gives_the_session_var_asked_for() {
+        let v = Verifier::new(["k"]).unwrap();
+        let var = |payload: &str, name: &str| {
+            let verified = v.verify(&signed("k", payload), 1, Some(name)).unwrap();
+            verified
+                .var
+                .map(|s| String::from_utf8(s.as_bytes().to_vec()).unwrap())
+        };
+        let with_vars =
+            format!(r#"{{"uid":"{UID}","vrs":{{"mode":"x","shard":"eu-ranked"}},"exp":9}}"#);
+        assert_eq!(var(&with_vars, "shard").as_deref(), Some("eu-ranked"));
+        assert_eq!(var(&with_vars, "mode").as_deref(), Some("x"));
+        assert_eq!(var(&with_vars, "region"), None);
+        let escaped = format!(r#"{{"vrs":{{"sh\u0061rd":"e\u0075"}},"uid":"{UID}","exp":9}}"#);
+        assert_eq!(var(&escaped, "shard").as_deref(), Some("eu"));
+        // Nakama omits vrs when a player has no vars.
+        assert_eq!(var(&format!(r#"{{"uid":"{UID}","exp":9}}"#), "shard"), None);
+        let long = format!(
+            r#"{{"uid":"{UID}","vrs":{{"shard":"{}"}},"exp":9}}"#,
+            "s".repeat(65)
+        );
+        assert_eq!(var(&long, "shard"), None, "longer than any shard name");
+        // Not asked for: vrs is not looked at.
+        let verified = v.verify(&signed("k", &with_vars), 1, None).unwrap();
+        assert!(verified.var.is_none());
+        assert_eq!(verified.user.as_bytes(), UID.as_bytes());
     }
 
     #[test]

@@ -21,7 +21,8 @@ use pingora_core::protocols::http::ServerSession;
 use serde::Serialize;
 
 use crate::cluster::ClusterLink;
-use crate::nodes::pool::{DrainedBy, Health, Node, NodeState};
+use crate::nodes::pool::{DrainedBy, Health, Node, NodeState, Tried};
+use crate::nodes::shards::{Shards, Taker};
 use crate::state::{DrainError, Shared};
 use nakama_edge_cluster::edges::NodeCounts;
 
@@ -87,6 +88,12 @@ pub struct NodeView<'a> {
     /// This edge's own counts (with `[cluster]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     this_edge: Option<NodeCounts>,
+    /// Shard mode: the shard the node holds (`null`: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shard: Option<Option<&'a str>>,
+    /// Shard mode: the shards the node stands by for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    standby_for: Option<Vec<&'a str>>,
 }
 
 impl<'a> NodeView<'a> {
@@ -106,7 +113,18 @@ impl<'a> NodeView<'a> {
             http_in_flight: here.http_in_flight + others.http_in_flight,
             websockets: here.websockets + others.websockets,
             this_edge: cluster.map(|_| here),
+            shard: None,
+            standby_for: None,
         }
+    }
+
+    /// With the shards node `i` of the pool holds and stands by for (shard mode).
+    fn in_shards(mut self, i: usize, shards: Option<&'a Shards>) -> Self {
+        if let Some((holds, stands_by)) = shards.map(|s| s.of_node(i)) {
+            self.shard = Some(holds);
+            self.standby_for = Some(stands_by);
+        }
+        self
     }
 }
 
@@ -164,6 +182,12 @@ impl ServeHttp for AdminApi {
                     pool,
                     &snapshot.config.discover,
                     self.shared.served_certificate().as_ref(),
+                    snapshot.shards.iter().flat_map(|shards| {
+                        shards.iter().map(|s| {
+                            let taker = s.taker(pool, Tried::default());
+                            (&*s.name, matches!(taker, Some(Taker::Standby(_))))
+                        })
+                    }),
                 ),
             ),
             "/healthz" if get => text(StatusCode::OK, "ok"),
@@ -176,7 +200,8 @@ impl ServeHttp for AdminApi {
                 &pool
                     .nodes
                     .iter()
-                    .map(|n| NodeView::of(n, cluster))
+                    .enumerate()
+                    .map(|(i, n)| NodeView::of(n, cluster).in_shards(i, snapshot.shards.as_ref()))
                     .collect::<Vec<_>>(),
             ),
             "/cluster" if get => match cluster {

@@ -19,7 +19,7 @@ use prometheus::{
 };
 
 use crate::http::route::Route;
-use crate::limits::token::{Refused, UserId};
+use crate::limits::token::Refused;
 use crate::limits::token_alarm::{Counts, TokenAlarm};
 use crate::nodes::pool::{Origin, Pool};
 
@@ -112,6 +112,35 @@ pub struct Metrics {
     /// By [`Refused`]'s discriminant.
     tokens_refused: [IntCounter; Refused::ALL.len()],
     token_alarm: TokenAlarm,
+    shard_requests: IntCounterVec,
+    shard_websockets: IntGaugeVec,
+    shard_on_standby: IntGaugeVec,
+}
+
+/// One shard's series (`routing.mode = "shards"`), resolved once per snapshot: requests sent
+/// to it, and its open WebSockets.
+#[derive(Clone)]
+pub struct ShardSeries {
+    /// `nakama_edge_shard_requests_total{shard}`.
+    pub requests: IntCounter,
+    websockets: IntGauge,
+}
+
+impl ShardSeries {
+    /// Count a WebSocket of the shard while the guard lives.
+    pub fn open_websocket(&self) -> OpenShardSocket {
+        self.websockets.inc();
+        OpenShardSocket(self.websockets.clone())
+    }
+}
+
+/// Counts one open WebSocket of a shard while it lives.
+pub struct OpenShardSocket(IntGauge);
+
+impl Drop for OpenShardSocket {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Why a TLS handshake failed: a bounded set, read from the error.
@@ -424,6 +453,38 @@ impl Metrics {
             .iter()
             .map(|route| bytes_sent.with_label_values(&[route.as_str()]))
             .collect();
+        let shard_requests = IntCounterVec::new(
+            Opts::new(
+                "nakama_edge_shard_requests_total",
+                "Requests and WebSocket upgrades routed by shard (routing.mode = \"shards\"); \
+                 \"none\": round-robin, without a verified session token.",
+            ),
+            &["shard"],
+        )
+        .map_err(metric_error)?;
+        let shard_websockets = IntGaugeVec::new(
+            Opts::new(
+                "nakama_edge_shard_websockets",
+                "Open WebSockets by shard (routing.mode = \"shards\").",
+            ),
+            &["shard"],
+        )
+        .map_err(metric_error)?;
+        let shard_on_standby = IntGaugeVec::new(
+            Opts::new(
+                "nakama_edge_shard_on_standby",
+                "1 while a shard's new work goes to its standby (its node down or drained).",
+            ),
+            &["shard"],
+        )
+        .map_err(metric_error)?;
+        for c in [
+            Box::new(shard_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(shard_websockets.clone()),
+            Box::new(shard_on_standby.clone()),
+        ] {
+            registry.register(c).map_err(metric_error)?;
+        }
         for c in [
             Box::new(upstream_connect_failures.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_retries.clone()),
@@ -476,6 +537,9 @@ impl Metrics {
             tokens_verified: session_tokens.with_label_values(&["verified"]),
             tokens_refused: Refused::ALL.map(|r| session_tokens.with_label_values(&[r.as_str()])),
             token_alarm: TokenAlarm::new(Instant::now()),
+            shard_requests,
+            shard_websockets,
+            shard_on_standby,
             tls_ok: tls.with_label_values(&["ok"]),
             tls_error: tls.with_label_values(&["error"]),
             reload_success: reloads.with_label_values(&["success"]),
@@ -524,6 +588,22 @@ impl Metrics {
         forget(&self.health_check_duration, name);
         forget(&self.upstream_connect_failures, name);
         forget(&self.upstream_retries, name);
+    }
+
+    /// The series of shard `name`.
+    pub fn shard_series(&self, name: &str) -> ShardSeries {
+        ShardSeries {
+            requests: self.shard_requests.with_label_values(&[name]),
+            websockets: self.shard_websockets.with_label_values(&[name]),
+        }
+    }
+
+    /// Drop the series of shard `name`: no longer in the config. (A WebSocket still open on
+    /// it counts down a detached gauge.)
+    pub fn forget_shard(&self, name: &str) {
+        let _ = self.shard_requests.remove_label_values(&[name]);
+        let _ = self.shard_websockets.remove_label_values(&[name]);
+        let _ = self.shard_on_standby.remove_label_values(&[name]);
     }
 
     /// A connection to `node` failed.
@@ -668,12 +748,12 @@ impl Metrics {
 
     /// Count one session token's verification; on a bad signature, a WARN when most tokens
     /// fail ([`TokenAlarm`]).
-    pub fn session_token(&self, verified: &Result<UserId, Refused>) {
+    pub fn session_token(&self, verified: Result<(), Refused>) {
         match verified {
-            Ok(_) => self.tokens_verified.inc(),
+            Ok(()) => self.tokens_verified.inc(),
             Err(refused) => {
-                self.tokens_refused[*refused as usize].inc();
-                if *refused == Refused::BadSignature {
+                self.tokens_refused[refused as usize].inc();
+                if refused == Refused::BadSignature {
                     let counts = Counts {
                         verified: self.tokens_verified.get(),
                         bad_signature: self.tokens_refused[Refused::BadSignature as usize].get(),
@@ -715,12 +795,19 @@ impl Metrics {
 
     /// The text exposition, with node gauges read from `pool` and certificate expiry from
     /// `certificate` (the served one, when it is not a placeholder).
-    pub fn render(
+    /// `on_standby`: each shard's name, and whether its standby takes its new work.
+    pub fn render<'a>(
         &self,
         pool: &Pool,
         discover: &[Discover],
         certificate: Option<&CertInfo>,
+        on_standby: impl Iterator<Item = (&'a str, bool)>,
     ) -> Vec<u8> {
+        for (shard, standby) in on_standby {
+            self.shard_on_standby
+                .with_label_values(&[shard])
+                .set(standby as i64);
+        }
         for g in [
             &self.websockets,
             &self.node_up,
