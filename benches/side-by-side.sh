@@ -5,6 +5,7 @@
 #   benches/side-by-side.sh            # everything, 3 rounds (about 25 minutes here)
 #   ROUNDS=1 DURATION=5 WS_COUNTS=500,1000 benches/side-by-side.sh      # a quick look
 #   PROXIES="nakama-edge direct" benches/side-by-side.sh          # some of them
+#   PROXIES="edge-cluster edge-shards" benches/side-by-side.sh    # routing modes, token-bearing requests
 #
 # Each proxy runs one worker pinned to CPU 0 (`taskset -c 0`); the load generators and the
 # nodes share CPU 1. For every proxy it reports:
@@ -112,11 +113,11 @@ results="$work/results.tsv"
 : >"$results"
 row() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$results"; }
 
-# keepalive NAME PID URL LABEL
+# keepalive NAME PID URL LABEL [HEADER]
 keepalive() {
-  local name=$1 pid=$2 url=$3 label=$4 t0 t1 out reqs
+  local name=$1 pid=$2 url=$3 label=$4 header=(${5:+-H "$5"}) t0 t1 out reqs
   t0=$(ticks "$pid")
-  out=$(taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url")
+  out=$(taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${header[@]}" "$url")
   t1=$(ticks "$pid")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   row "$name" "$label req/s" "$(awk '/^Requests\/sec/ {printf "%d", $2}' <<<"$out")"
@@ -128,11 +129,12 @@ keepalive() {
   [ -z "$errors" ] || echo "$name $label: $errors" >&2
 }
 
-# h2 NAME PID URL: HTTP/2 requests over TLS (h2load), and the proxy's CPU time per request.
+# h2 NAME PID URL [HEADER]: HTTP/2 requests over TLS (h2load), and the proxy's CPU time per
+# request.
 h2() {
-  local name=$1 pid=$2 url=$3 t0 t1 out reqs failed
+  local name=$1 pid=$2 url=$3 header=(${4:+-H "$4"}) t0 t1 out reqs failed
   t0=$(ticks "$pid")
-  out=$(taskset -c $LOAD_CPU h2load -c"$H2_CONNS" -m"$H2_STREAMS" -t1 -D "$DURATION" "$url")
+  out=$(taskset -c $LOAD_CPU h2load -c"$H2_CONNS" -m"$H2_STREAMS" -t1 -D "$DURATION" "${header[@]}" "$url")
   t1=$(ticks "$pid")
   reqs=$(awk '/^requests:/ {print $8}' <<<"$out")
   failed=$(awk '/^requests:/ {print $10}' <<<"$out")
@@ -280,6 +282,56 @@ fi
 }
 if wanted nakama-edge; then edge nakama-edge "$BIN/nakama-edge" false all; fi
 if wanted edge+log; then edge edge+log "$BIN/nakama-edge" true http; fi
+# Routing modes, compared on requests that carry a verified session token (with a shard var):
+# cluster mode (round-robin; the token verified for the rate limits) and shard mode (the token
+# verified, its var read, the request sent to its shard's node).
+# edge_routing NAME MODE
+edge_routing() {
+local name=$1 mode=$2 token
+token=$("$BIN/edge-load" token --var shard=s1)
+cat >"$work/edge.toml" <<EOF
+[server]
+threads = 1
+grace_period = "1s"
+[listeners]
+https = "127.0.0.1:18443"
+http = "127.0.0.1:18080"
+admin = "127.0.0.1:19180"
+http_redirect = false
+[tls]
+cert = "$work/cert.pem"
+key = "$work/key.pem"
+[nakama]
+session_key = "defaultencryptionkey"
+[routing]
+mode = "$mode"
+[[nodes]]
+name = "a"
+address = "127.0.0.1:17350"
+[[nodes]]
+name = "b"
+address = "127.0.0.1:17360"
+[rate_limit]
+requests_per_second = 10000000
+burst = 10000000
+connections_per_ip = 10000000
+new_connections_per_second = 10000000
+[log]
+level = "error"
+access_log = false
+EOF
+if [ "$mode" = shards ]; then
+  printf '[[shards]]\nname = "s1"\nnode = "a"\nstandby = "b"\n[[shards]]\nname = "s2"\nnode = "b"\n' >>"$work/edge.toml"
+fi
+start "$name" $PROXY_CPU "$BIN/nakama-edge" run -c "$work/edge.toml"
+wait_ok "https://127.0.0.1:18443/healthcheck"
+keepalive "$name" "$started" "http://127.0.0.1:18080/healthcheck" "TCP" "Authorization: Bearer $token"
+keepalive "$name" "$started" "https://127.0.0.1:18443/healthcheck" "TLS" "Authorization: Bearer $token"
+h2 "$name" "$started" "https://127.0.0.1:18443/healthcheck" "authorization: Bearer $token"
+stop "$started"
+}
+if wanted edge-cluster; then edge_routing edge-cluster cluster; fi
+if wanted edge-shards; then edge_routing edge-shards shards; fi
 # EDGE_BEFORE=path/to/an/older/nakama-edge: the same figures for it, in the same rounds.
 if [ -n "${EDGE_BEFORE:-}" ]; then edge edge-before "$EDGE_BEFORE" false all; fi
 
@@ -373,7 +425,7 @@ done
   echo
   python3 - "$results" <<'PY'
 import sys, collections
-cols = ["nakama-edge", "edge+log", "edge-before", "haproxy", "nginx", "direct"]
+cols = ["nakama-edge", "edge+log", "edge-cluster", "edge-shards", "edge-before", "haproxy", "nginx", "direct"]
 samples = collections.OrderedDict()
 for line in open(sys.argv[1]):
     name, metric, value = line.rstrip("\n").split("\t")

@@ -478,3 +478,104 @@ fn the_seal_refuses_declared_consoles_and_nakamas_ports_and_nothing_else() {
         assert!(!refused(open), "{open} is a node's address");
     }
 }
+
+#[test]
+fn shard_mode_is_read_with_its_defaults() {
+    let c = Config::parse(
+        "[routing]\nmode = \"shards\"\n[nakama]\nsession_key = \"k\"\n\
+         [[shards]]\nname = \"eu\"\nnode = \"a\"\nstandby = \"b\"\n\
+         [[shards]]\nname = \"us\"\nnode = \"found\"\n\
+         [[discover]]\nname = \"found\"\nsrv = \"_api._tcp.n.test\"\n\
+         [[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:7350\"\n\
+         [[nodes]]\nname = \"b\"\naddress = \"127.0.0.2:7350\"\n",
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.routing.mode, RoutingMode::Shards);
+    assert_eq!(c.routing.shard_var, "shard");
+    assert_eq!(
+        c.shards,
+        vec![
+            Shard {
+                name: "eu".into(),
+                node: "a".into(),
+                standby: Some("b".into())
+            },
+            Shard {
+                name: "us".into(),
+                node: "found".into(),
+                standby: None
+            },
+        ]
+    );
+    let c = Config::parse("", "t").unwrap();
+    assert_eq!(c.routing.mode, RoutingMode::Cluster);
+    assert!(c.shards.is_empty());
+}
+
+#[test]
+fn shard_mistakes_point_at_their_keys() {
+    let nodes = "[[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:7350\"\n\
+                 [[nodes]]\nname = \"b\"\naddress = \"127.0.0.2:7350\"\n";
+    let shards_mode = "[routing]\nmode = \"shards\"\n[nakama]\nsession_key = \"k\"\n";
+    let cases: &[(String, usize, &str)] = &[
+        (
+            format!("{shards_mode}[[shards]]\nname = \"s\"\nnode = \"c\"\n{nodes}"),
+            7,
+            "neither a [[nodes]] nor a [[discover]] name",
+        ),
+        (
+            format!(
+                "{shards_mode}[[shards]]\nname = \"s\"\nnode = \"a\"\n\
+                 [[shards]]\nname = \"t\"\nnode = \"a\"\n{nodes}"
+            ),
+            10,
+            "already holds shard \"s\"",
+        ),
+        (
+            format!(
+                "{shards_mode}[[shards]]\nname = \"s\"\nnode = \"a\"\nstandby = \"a\"\n{nodes}"
+            ),
+            8,
+            "the shard's own node",
+        ),
+        (
+            format!(
+                "{shards_mode}[[shards]]\nname = \"s\"\nnode = \"a\"\n\
+                 [[shards]]\nname = \"s\"\nnode = \"b\"\n{nodes}"
+            ),
+            9,
+            "used twice",
+        ),
+        (
+            format!("{shards_mode}[[shards]]\nname = \"none\"\nnode = \"a\"\n{nodes}"),
+            6,
+            "labels the requests of no shard",
+        ),
+        (
+            format!("[routing]\nmode = \"shards\"\n{nodes}"),
+            2,
+            "set [nakama] session_key",
+        ),
+        (
+            format!("[[shards]]\nname = \"s\"\nnode = \"a\"\n{nodes}"),
+            2,
+            "is for routing.mode = \"shards\"",
+        ),
+        (
+            "[routing]\nmode = \"sharded\"\n".to_string(),
+            2,
+            "\"cluster\" or \"shards\"",
+        ),
+        (
+            "[routing]\nshard_var = \"\"\n".to_string(),
+            2,
+            "must not be empty",
+        ),
+    ];
+    for (text, line, message) in cases {
+        let p = one_problem(text);
+        assert_eq!(p.line, *line, "{text}: {p:?}");
+        assert!(p.message.contains(message), "{text}: {}", p.message);
+    }
+}

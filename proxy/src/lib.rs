@@ -16,7 +16,7 @@
 //! | [`server`] | wiring: pingora's server, the listeners, the background tasks |
 //! | [`listen`] | where players come in: accept, firewall, PROXY protocol, players' TLS, the client connection and its deadlines |
 //! | [`http`] | the HTTP layer both protocols share (hyper): admission, budgets, routes, header rules, forwarding and retries, WebSockets and their splice, close on shutdown |
-//! | [`nodes`] | the Nakama nodes: pool and selection, health checks, drains, discovery's lookups, connections to nodes, the retry budget |
+//! | [`nodes`] | the Nakama nodes: pool and selection, shards, health checks, drains, discovery's lookups, connections to nodes, the retry budget |
 //! | [`limits`] | per-client budgets, failed logins, session tokens |
 //! | [`cluster`] | the link to the other edges through the cluster database |
 //! | [`state`] | the config snapshot and reload: the shared state every request reads |
@@ -39,7 +39,8 @@
 //! | `[[nodes]]` | `nodes/pool.rs` |
 //! | `[[discover]]` | `nodes/discovery.rs` (lookups), `tasks/discovery.rs` (when) |
 //! | `[health_check]` | `nodes/health_check.rs` |
-//! | `[routing]` | `websocket_path` in `http/route.rs`; `sticky_key` and `drain_timeout` in `http/websocket.rs`, `nodes/pool.rs`, `http/ws_close.rs` |
+//! | `[routing]` | `websocket_path` in `http/route.rs`; `sticky_key` and `drain_timeout` in `http/websocket.rs`, `nodes/pool.rs`, `http/ws_close.rs`; `mode` and `shard_var` in `http/target.rs` (built in `state.rs`) |
+//! | `[[shards]]` | `nodes/shards.rs` (which node serves a shard), chosen per request in `http/target.rs` |
 //! | `[firewall]` | `listen/firewall.rs` (all lists), applied in `listen/accept.rs` and `ops/admin.rs` |
 //! | `[rate_limit]` | `limits/mod.rs`; `login_failures_per_minute` in `limits/logins.rs` |
 //! | `[timeouts]` | `tls_handshake` in `listen/accept.rs`; `request_header`, `http_idle`, `websocket_idle` in `listen/client_conn/clock.rs`; `upstream_connect`, `upstream_read` in `http/forward.rs`; `request_body` in `http/body.rs` |

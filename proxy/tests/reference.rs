@@ -54,7 +54,7 @@ fn accepted(text: &str) -> Vec<String> {
         .collect()
 }
 
-const ARRAYS: [&str; 2] = ["nodes", "discover"];
+const ARRAYS: [&str; 3] = ["nodes", "discover", "shards"];
 
 #[test]
 fn config_md_names_every_key_the_parser_accepts_and_no_other() {

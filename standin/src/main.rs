@@ -273,6 +273,7 @@ async fn authenticate_email(node: &Node, req: Request<Incoming>) -> Response<Bod
         &tid,
         &uid,
         &format!("user{}", &uid[..8]),
+        &Default::default(),
         Some(created),
     )
 }
@@ -377,11 +378,13 @@ fn session(
     tid: &str,
     uid: &str,
     username: &str,
+    vars: &serde_json::Map<String, serde_json::Value>,
     created: Option<bool>,
 ) -> Response<Body> {
+    let key = &node.session_key;
     let mut answer = serde_json::json!({
-        "token": token::issue(&node.session_key, tid, uid, username, 3600),
-        "refresh_token": token::issue(&node.session_key, tid, uid, username, 7 * 24 * 3600),
+        "token": token::issue(key, tid, uid, username, vars, 3600),
+        "refresh_token": token::issue(key, tid, uid, username, vars, 7 * 24 * 3600),
     });
     if let Some(created) = created {
         answer["created"] = created.into();
@@ -409,7 +412,17 @@ async fn authenticate_device(node: &Node, req: Request<Incoming>) -> Response<Bo
     let uid = token::user_id_for_device(id);
     let username = username.unwrap_or_else(|| format!("user{}", &uid[..8]));
     let tid = uuid::Uuid::new_v4().to_string();
-    session(node, &tid, &uid, &username, Some(true))
+    // Session vars, as Nakama takes them: strings only.
+    let vars = body["vars"]
+        .as_object()
+        .map(|v| {
+            v.iter()
+                .filter(|(_, v)| v.is_string())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    session(node, &tid, &uid, &username, &vars, Some(true))
 }
 
 async fn refresh(node: &Node, req: Request<Incoming>) -> Response<Body> {
@@ -433,8 +446,9 @@ async fn refresh(node: &Node, req: Request<Incoming>) -> Response<Body> {
         claims["uid"].as_str().unwrap_or(""),
         claims["usn"].as_str().unwrap_or(""),
     );
-    // The same session: within one second, the same tokens (as Nakama's).
-    session(node, tid, uid, usn, None)
+    // The same session, its vars kept: within one second, the same tokens (as Nakama's).
+    let vars = claims["vrs"].as_object().cloned().unwrap_or_default();
+    session(node, tid, uid, usn, &vars, None)
 }
 
 /// The client address Nakama gives the runtime (`ctx.clientIp`): the first entry of the first

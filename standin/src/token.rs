@@ -29,18 +29,29 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Issue a token of session `tid` for `uid`, valid for `ttl_secs`. As Nakama's: no `vrs` when
-/// there are no session vars, and the same claims in the same second make the same token.
-pub fn issue(key: &str, tid: &str, uid: &str, username: &str, ttl_secs: u64) -> String {
+/// Issue a token of session `tid` for `uid` with session `vars`, valid for `ttl_secs`. As
+/// Nakama's: no `vrs` when there are no session vars, and the same claims in the same second
+/// make the same token.
+pub fn issue(
+    key: &str,
+    tid: &str,
+    uid: &str,
+    username: &str,
+    vars: &serde_json::Map<String, serde_json::Value>,
+    ttl_secs: u64,
+) -> String {
     let iat = now();
     let header = B64.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
-    let claims = serde_json::json!({
+    let mut claims = serde_json::json!({
         "tid": tid,
         "uid": uid,
         "usn": username,
-        "exp": iat + ttl_secs,
-        "iat": iat,
     });
+    if !vars.is_empty() {
+        claims["vrs"] = vars.clone().into();
+    }
+    claims["exp"] = (iat + ttl_secs).into();
+    claims["iat"] = iat.into();
     let payload = B64.encode(claims.to_string());
     let signing_input = format!("{header}.{payload}");
     let sig = sign(key, &signing_input);

@@ -20,6 +20,9 @@
 //!     a second and waits for its pong; then prints `round_trips <count> seconds <elapsed>
 //!     p50_ms <x> p99_ms <y> late <count>` (a round trip is two messages through a proxy;
 //!     `late`: sends that missed their tick because the previous answer had not come)
+//! edge-load token [--key defaultencryptionkey] [--var shard=s1]
+//!     prints a session token as the stand-in issues them (a day's validity), with the
+//!     session var given, for loads that carry `Authorization: Bearer`
 //! ```
 //!
 //! Bench tooling, not product code: it verifies nothing about the server's certificate.
@@ -119,8 +122,22 @@ async fn main() -> anyhow::Result<()> {
         "hold-ws" => hold_ws(&args).await,
         "slow-bodies" => slow_bodies(&args).await,
         "ws-echo" => ws_echo(&args).await,
+        "token" => token(&args),
         other => bail!("unknown command {other}"),
     }
+}
+
+fn token(args: &Args) -> anyhow::Result<()> {
+    let key = args.get("--key").unwrap_or("defaultencryptionkey");
+    let mut vars = serde_json::Map::new();
+    if let Some(var) = args.get("--var") {
+        let (name, value) = var.split_once('=').context("--var name=value")?;
+        vars.insert(name.to_string(), value.into());
+    }
+    let user = "0b0e7d9a-1b7b-4b6e-9d1e-1f6d2a3b4c5d";
+    let token = nakama_standin::token::issue(key, user, user, "bench", &vars, 24 * 3600);
+    println!("{token}");
+    Ok(())
 }
 
 async fn handshakes(args: &Args) -> anyhow::Result<()> {
@@ -471,7 +488,14 @@ impl Target {
     async fn open(&self, n: u64) -> std::io::Result<Ws> {
         let source = self.sources[n as usize % self.sources.len()];
         let user = format!("bench-{}-{n}", std::process::id());
-        let token = nakama_standin::token::issue(&self.key, &user, &user, &user, 24 * 3600);
+        let token = nakama_standin::token::issue(
+            &self.key,
+            &user,
+            &user,
+            &user,
+            &Default::default(),
+            24 * 3600,
+        );
         let url = format!("{}?lang=en&status=true&token={token}", self.url);
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::new(source, 0))?;

@@ -229,3 +229,153 @@ fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nodes::drains::Drains;
+    use crate::nodes::pool::{Member, Registry};
+    use crate::ops::metrics::Metrics;
+
+    const KEY: &str = "[nakama]\nsession_key = \"k\"\n";
+
+    /// A shard-mode config over nodes `names` (ports from 7350) with `shards` sections.
+    fn config(names: &[&str], shards: &str) -> Config {
+        let mut text = format!("[routing]\nmode = \"shards\"\n{KEY}{shards}\n");
+        for (i, name) in names.iter().enumerate() {
+            text.push_str(&format!(
+                "[[nodes]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\n",
+                17350 + i * 10
+            ));
+        }
+        Config::parse(&text, "test").unwrap()
+    }
+
+    fn shards_of(config: &Config, members: &[Member]) -> (Pool, Shards) {
+        let pool = Pool::build(members, &Registry::default(), &Drains::in_memory());
+        for n in &pool.nodes {
+            n.runtime.record_check(true, 1, 1);
+        }
+        let metrics = Metrics::new().unwrap();
+        let shards = Shards::build(config, &pool, |name| metrics.shard_series(name));
+        (pool, shards)
+    }
+
+    fn node_name(pool: &Pool, taker: Option<Taker>) -> Option<(&str, bool)> {
+        taker.map(|t| {
+            let standby = matches!(t, Taker::Standby(_));
+            (pool.nodes[t.index()].config.name.as_str(), standby)
+        })
+    }
+
+    #[test]
+    fn a_shard_goes_to_its_node_then_its_standby_then_nobody() {
+        let config = config(
+            &["a", "b", "c"],
+            "[[shards]]\nname = \"s1\"\nnode = \"a\"\nstandby = \"b\"\n\
+             [[shards]]\nname = \"s2\"\nnode = \"c\"\n",
+        );
+        let (pool, shards) = shards_of(&config, &Member::configured(&config));
+        let s1 = shards.named(b"s1").unwrap();
+        let s2 = shards.named(b"s2").unwrap();
+        assert_eq!(shards.named(b"s3"), None);
+        let taker = |i: usize, tried| node_name(&pool, shards.get(i).unwrap().taker(&pool, tried));
+        assert_eq!(taker(s1, Tried::default()), Some(("a", false)));
+        assert_eq!(taker(s2, Tried::default()), Some(("c", false)));
+        // A node that refused the connection: the standby, never another shard's node.
+        let mut tried = Tried::default();
+        tried.insert(0);
+        assert_eq!(taker(s1, tried), Some(("b", true)));
+        pool.nodes[2].runtime.set_runtime_drain(true);
+        assert_eq!(taker(s2, Tried::default()), None);
+        let why = shards.get(s2).unwrap().why_unavailable(&pool);
+        assert_eq!(
+            why,
+            "shard \"s2\" cannot take new work: its node c is drained, and it has no standby"
+        );
+        pool.nodes[0].runtime.set_runtime_drain(true);
+        assert_eq!(taker(s1, Tried::default()), Some(("b", true)));
+        assert_eq!(shards.of_node(1), (None, vec!["s1"]));
+        assert_eq!(shards.of_node(0), (Some("s1"), vec![]));
+    }
+
+    #[test]
+    fn players_without_a_shard_hash_alike_on_every_edge_and_move_only_off_a_shard_that_cannot_take_work(
+    ) {
+        // Without [[shards]] every node is a shard; two edges list the nodes in other orders.
+        let names = ["n1", "n2", "n3", "n4", "n5"];
+        let forward = config(&names, "");
+        let mut reversed_names = names;
+        reversed_names.reverse();
+        let backward = config(&reversed_names, "");
+        let (pool_a, a) = shards_of(&forward, &Member::configured(&forward));
+        let (pool_b, b) = shards_of(&backward, &Member::configured(&backward));
+        let of = |shards: &Shards, pool: &Pool, user: u128| -> String {
+            let shard = shards.hashed(user, pool, Tried::default()).unwrap();
+            shards.get(shard).unwrap().name.to_string()
+        };
+        let users: Vec<u128> = (0..2000u128)
+            .map(|u| u.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        let before: Vec<String> = users.iter().map(|&u| of(&a, &pool_a, u)).collect();
+        for (&u, shard) in users.iter().zip(&before) {
+            assert_eq!(&of(&b, &pool_b, u), shard, "edges disagree on user {u}");
+        }
+        // Spread over all five, roughly evenly.
+        for name in names {
+            let n = before.iter().filter(|s| *s == name).count();
+            assert!((250..550).contains(&n), "{name}: {n} of 2000");
+        }
+        // n3 goes down: its players move, nobody else does; back up, they return.
+        let n3 = pool_a
+            .nodes
+            .iter()
+            .position(|n| n.config.name == "n3")
+            .unwrap();
+        pool_a.nodes[n3].runtime.record_check(false, 1, 1);
+        for (&u, shard) in users.iter().zip(&before) {
+            let now = of(&a, &pool_a, u);
+            if shard == "n3" {
+                assert_ne!(now, "n3");
+            } else {
+                assert_eq!(&now, shard);
+            }
+        }
+        pool_a.nodes[n3].runtime.record_check(true, 1, 1);
+        let after: Vec<String> = users.iter().map(|&u| of(&a, &pool_a, u)).collect();
+        assert_eq!(after, before);
+    }
+
+    #[test]
+    fn a_discover_entry_stands_for_the_node_it_finds() {
+        let config = Config::parse(
+            &format!(
+                "[routing]\nmode = \"shards\"\n{KEY}\
+                 [[discover]]\nname = \"eu\"\ndns = \"localhost\"\nport = 7350\n\
+                 [[shards]]\nname = \"eu-ranked\"\nnode = \"eu\"\nstandby = \"spare\"\n\
+                 [[nodes]]\nname = \"spare\"\naddress = \"127.0.0.1:17450\"\n"
+            ),
+            "test",
+        )
+        .unwrap();
+        let mut members = Member::configured(&config);
+        let mut found = members[0].clone();
+        found.config.name = "eu-127.0.0.9:7350".into();
+        found.config.address = "127.0.0.9:7350".parse().unwrap();
+        found.origin = Origin::Discovered("eu".into());
+        members.push(found);
+        let (pool, shards) = shards_of(&config, &members);
+        let s = shards.get(shards.named(b"eu-ranked").unwrap()).unwrap();
+        assert_eq!(
+            node_name(&pool, s.taker(&pool, Tried::default())),
+            Some(("eu-127.0.0.9:7350", false))
+        );
+        // Found by nobody (yet): the standby.
+        let (pool, shards) = shards_of(&config, &Member::configured(&config));
+        let s = shards.get(0).unwrap();
+        assert_eq!(
+            node_name(&pool, s.taker(&pool, Tried::default())),
+            Some(("spare", true))
+        );
+    }
+}
