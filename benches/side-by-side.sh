@@ -235,11 +235,8 @@ for round in $(seq "$ROUNDS"); do
 echo "round $round of $ROUNDS" >&2
 
 # --- nakama-edge ------------------------------------------------------------------------
-# edge NAME BINARY ACCESS_LOG FIGURES: one edge, its access log on (at info, to a file, as
-# journald would take it) or off; FIGURES is "all", or "http" for the keep-alive figures only.
-edge() {
-local name=$1 bin=$2 access_log=$3 figures=$4 level=error
-[ "$access_log" = true ] && level=info
+# edge_toml LEVEL ACCESS_LOG [SECTIONS]: the edge's config, SECTIONS appended.
+edge_toml() {
 cat >"$work/edge.toml" <<EOF
 [server]
 threads = 1
@@ -266,9 +263,18 @@ new_connections_per_second = 10000000
 [timeouts]
 websocket_idle = "1h"
 [log]
-level = "$level"
-access_log = $access_log
+level = "$1"
+access_log = $2
 EOF
+printf '%s\n' "${3:-}" >>"$work/edge.toml"
+}
+
+# edge NAME BINARY ACCESS_LOG FIGURES: one edge, its access log on (at info, to a file, as
+# journald would take it) or off; FIGURES is "all", or "http" for the keep-alive figures only.
+edge() {
+local name=$1 bin=$2 access_log=$3 figures=$4 level=error
+[ "$access_log" = true ] && level=info
+edge_toml "$level" "$access_log"
 start "$name" $PROXY_CPU "$bin" run -c "$work/edge.toml"
 if [ "$figures" = all ]; then
   measure "$name" "$started" 18080 18443
@@ -287,42 +293,13 @@ if wanted edge+log; then edge edge+log "$BIN/nakama-edge" true http; fi
 # verified, its var read, the request sent to its shard's node).
 # edge_routing NAME MODE
 edge_routing() {
-local name=$1 mode=$2 token
+local name=$1 mode=$2 token sections
 token=$("$BIN/edge-load" token --var shard=s1)
-cat >"$work/edge.toml" <<EOF
-[server]
-threads = 1
-grace_period = "1s"
-[listeners]
-https = "127.0.0.1:18443"
-http = "127.0.0.1:18080"
-admin = "127.0.0.1:19180"
-http_redirect = false
-[tls]
-cert = "$work/cert.pem"
-key = "$work/key.pem"
-[nakama]
-session_key = "defaultencryptionkey"
-[routing]
-mode = "$mode"
-[[nodes]]
-name = "a"
-address = "127.0.0.1:17350"
-[[nodes]]
-name = "b"
-address = "127.0.0.1:17360"
-[rate_limit]
-requests_per_second = 10000000
-burst = 10000000
-connections_per_ip = 10000000
-new_connections_per_second = 10000000
-[log]
-level = "error"
-access_log = false
-EOF
+sections=$(printf '[nakama]\nsession_key = "defaultencryptionkey"\n[routing]\nmode = "%s"\n' "$mode")
 if [ "$mode" = shards ]; then
-  printf '[[shards]]\nname = "s1"\nnode = "a"\nstandby = "b"\n[[shards]]\nname = "s2"\nnode = "b"\n' >>"$work/edge.toml"
+  sections+=$(printf '\n[[shards]]\nname = "s1"\nnode = "a"\nstandby = "b"\n[[shards]]\nname = "s2"\nnode = "b"\n')
 fi
+edge_toml error false "$sections"
 start "$name" $PROXY_CPU "$BIN/nakama-edge" run -c "$work/edge.toml"
 wait_ok "https://127.0.0.1:18443/healthcheck"
 keepalive "$name" "$started" "http://127.0.0.1:18080/healthcheck" "TCP" "Authorization: Bearer $token"

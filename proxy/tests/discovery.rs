@@ -120,7 +120,7 @@ async fn a_node_gone_from_the_record_keeps_its_websockets_and_gets_no_new_work()
     let client = edge.client(None);
     let mut found = None;
     for i in 0..100 {
-        let session = edge.authenticate(&client, &format!("gone-{i}")).await;
+        let session = edge.authenticate(&client, &format!("departed-{i}")).await;
         let mut ws = edge
             .websocket(&session.token, ip("127.0.0.1"))
             .await
@@ -197,7 +197,9 @@ async fn a_departed_nodes_websockets_are_closed_after_drain_timeout() {
     let client = edge.client(None);
     let mut found = None;
     for i in 0..100 {
-        let session = edge.authenticate(&client, &format!("timeout-{i}")).await;
+        let session = edge
+            .authenticate(&client, &format!("timeout-player-{i}"))
+            .await;
         let mut ws = edge
             .websocket(&session.token, ip("127.0.0.1"))
             .await

@@ -288,6 +288,28 @@ async fn behaviour(http: std::net::SocketAddr) -> Value {
         claims(session["token"].as_str().unwrap()),
         claims(session["refresh_token"].as_str().unwrap()),
     );
+    // Device ids of fewer than 10 bytes are refused.
+    let short: Value = client
+        .post(url("/v2/account/authenticate/device?create=true"))
+        .basic_auth("defaultkey", Some(""))
+        .json(&serde_json::json!({ "id": "nine-byte" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // A session var comes back in the token's `vrs`.
+    let with_vars: Value = client
+        .post(url("/v2/account/authenticate/device?create=true"))
+        .basic_auth("defaultkey", Some(""))
+        .json(&serde_json::json!({ "id": "fidelity-device-0002", "vars": { "shard": "eu" } }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let mut token_claims: Vec<String> = token.as_object().unwrap().keys().cloned().collect();
     token_claims.sort();
     // Two refreshes in one second (tried again when a second boundary fell between them).
@@ -333,6 +355,8 @@ async fn behaviour(http: std::net::SocketAddr) -> Value {
         "token_claims": token_claims,
         "one_session_id": token["tid"] == refresh["tid"],
         "refresh_answer": refresh_keys,
+        "short_device_id": short,
+        "session_vars": claims(with_vars["token"].as_str().unwrap())["vrs"],
         "same_second_same_token": same_second_same_token,
         "client_ip_forwarded": client_ip(("x-forwarded-for", "1.1.1.1, 2.2.2.2")).await,
         "client_ip_cloudflare": client_ip(("cf-connecting-ip", "9.9.9.9")).await,

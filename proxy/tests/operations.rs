@@ -122,7 +122,7 @@ async fn readiness_is_reported_to_systemd_once_the_listeners_are_bound() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upgrade_under_load_refuses_no_connection_and_closes_old_websockets_with_frames() {
-    let (_a, mut edge, mut sockets) = edge_with_websockets(3, "upgrade").await;
+    let (_a, mut edge, mut sockets) = edge_with_websockets(3, "upgrading").await;
     let edge_client = edge.client(None);
     // Load: every request on a new connection, so any refused connection would show.
     let url = edge.url("/v2/rpc/whoami?http_key=defaulthttpkey");

@@ -26,7 +26,9 @@ async fn editing_the_config_under_live_websockets_drops_none() {
     let client = edge.client(None);
     let mut sockets = Vec::new();
     for i in 0..20 {
-        let s = edge.authenticate(&client, &format!("live-{i:03}")).await;
+        let s = edge
+            .authenticate(&client, &format!("live-player-{i:03}"))
+            .await;
         let mut ws = edge.websocket(&s.token, ip("127.0.0.1")).await.unwrap();
         let node = ws.node().await;
         sockets.push((ws, node));

@@ -69,9 +69,16 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Body> {
+    // gRPC's codes, as Nakama's gateway gives them.
+    let code = match status {
+        StatusCode::BAD_REQUEST => 3,
+        StatusCode::NOT_FOUND => 5,
+        StatusCode::INTERNAL_SERVER_ERROR => 13,
+        _ => 16,
+    };
     json(
         status,
-        serde_json::json!({"error": message, "message": message, "code": 16}),
+        serde_json::json!({"code": code, "message": message}),
     )
 }
 
@@ -402,11 +409,11 @@ async fn authenticate_device(node: &Node, req: Request<Incoming>) -> Response<Bo
     };
     let Some(id) = body["id"]
         .as_str()
-        .filter(|id| (6..=128).contains(&id.len()))
+        .filter(|id| (10..=128).contains(&id.len()))
     else {
         return error(
             StatusCode::BAD_REQUEST,
-            "Device ID invalid, must be 6-128 bytes.",
+            "Device ID invalid, must be 10-128 bytes.",
         );
     };
     let uid = token::user_id_for_device(id);
