@@ -223,19 +223,12 @@ async fn renewal_replaces_the_served_certificate_while_a_websocket_stays_open() 
         .unwrap();
     let client = pebble_client(&edge, &root);
     eventually("ready", || async { readyz(&edge).await.0 == 200 }).await;
-    let session: serde_json::Value = client
-        .post(format!(
-            "https://{PLAY}:{}/v2/account/authenticate/device",
-            edge.https.port()
-        ))
-        .basic_auth("defaultkey", Some(""))
-        .json(&serde_json::json!({"id": "renewal-device"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let login = format!(
+        "https://{PLAY}:{}/v2/account/authenticate/device",
+        edge.https.port()
+    );
+    let (_, session) =
+        with_server_key(&client, login, serde_json::json!({"id": "renewal-device"})).await;
     let url = format!(
         "wss://{PLAY}:{}/ws?token={}",
         edge.https.port(),

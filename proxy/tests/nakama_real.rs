@@ -274,42 +274,23 @@ async fn behaviour(http: std::net::SocketAddr) -> Value {
     let health = (health.status().as_u16(), health.text().await.unwrap());
     let unknown = client.get(url("/v2/no-such-thing")).send().await.unwrap();
     let unknown = (unknown.status().as_u16(), unknown.text().await.unwrap());
-    let session: Value = client
-        .post(url("/v2/account/authenticate/device?create=true"))
-        .basic_auth("defaultkey", Some(""))
-        .json(&serde_json::json!({ "id": "fidelity-device-0001" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let login = |body: Value| {
+        with_server_key(
+            &client,
+            url("/v2/account/authenticate/device?create=true"),
+            body,
+        )
+    };
+    let (_, session) = login(serde_json::json!({ "id": "fidelity-device-0001" })).await;
     let (token, refresh) = (
         claims(session["token"].as_str().unwrap()),
         claims(session["refresh_token"].as_str().unwrap()),
     );
     // Device ids of fewer than 10 bytes are refused.
-    let short: Value = client
-        .post(url("/v2/account/authenticate/device?create=true"))
-        .basic_auth("defaultkey", Some(""))
-        .json(&serde_json::json!({ "id": "nine-byte" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let short = login(serde_json::json!({ "id": "nine-byte" })).await;
     // A session var comes back in the token's `vrs`.
-    let with_vars: Value = client
-        .post(url("/v2/account/authenticate/device?create=true"))
-        .basic_auth("defaultkey", Some(""))
-        .json(&serde_json::json!({ "id": "fidelity-device-0002", "vars": { "shard": "eu" } }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, with_vars) =
+        login(serde_json::json!({ "id": "fidelity-device-0002", "vars": { "shard": "eu" } })).await;
     let mut token_claims: Vec<String> = token.as_object().unwrap().keys().cloned().collect();
     token_claims.sort();
     // Two refreshes in one second (tried again when a second boundary fell between them).
@@ -318,16 +299,8 @@ async fn behaviour(http: std::net::SocketAddr) -> Value {
     for _ in 0..5 {
         let mut answers = Vec::new();
         for _ in 0..2 {
-            let a: Value = client
-                .post(url("/v2/account/session/refresh"))
-                .basic_auth("defaultkey", Some(""))
-                .json(&serde_json::json!({ "token": session["refresh_token"] }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let body = serde_json::json!({ "token": session["refresh_token"] });
+            let (_, a) = with_server_key(&client, url("/v2/account/session/refresh"), body).await;
             answers.push(a);
         }
         refresh_keys = answers[0].as_object().unwrap().keys().cloned().collect();

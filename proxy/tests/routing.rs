@@ -92,17 +92,12 @@ async fn a_user_keeps_their_node_across_reconnects_from_new_addresses_and_token_
     let made = unix_secs();
     eventually("the next second", || async { unix_secs() > made }).await;
     for (device, session) in &sessions {
-        let refreshed: serde_json::Value = edge
-            .client(Some(ip("127.0.0.3")))
-            .post(edge.url("/v2/account/session/refresh"))
-            .basic_auth("defaultkey", Some(""))
-            .json(&serde_json::json!({"token": session.refresh_token}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, refreshed) = with_server_key(
+            &edge.client(Some(ip("127.0.0.3"))),
+            edge.url("/v2/account/session/refresh"),
+            serde_json::json!({"token": session.refresh_token}),
+        )
+        .await;
         let new_token = refreshed["token"].as_str().unwrap();
         assert_ne!(new_token, session.token);
         let mut ws = edge.websocket(new_token, ip("127.0.0.2")).await.unwrap();

@@ -51,16 +51,10 @@ async fn edge_in_front(nodes: &[Nakama], sections: &str) -> Edge {
 
 /// A player's session token, from a device login through `edge` with session `vars`.
 async fn login(edge: &Edge, device: &str, vars: Value) -> String {
-    let r = edge
-        .client(None)
-        .post(edge.url("/v2/account/authenticate/device?create=true"))
-        .basic_auth("defaultkey", Some(""))
-        .json(&serde_json::json!({ "id": device, "vars": vars }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "login of {device}");
-    let v: Value = r.json().await.unwrap();
+    let url = edge.url("/v2/account/authenticate/device?create=true");
+    let body = serde_json::json!({ "id": device, "vars": vars });
+    let (status, v) = with_server_key(&edge.client(None), url, body).await;
+    assert_eq!(status, 200, "login of {device}: {v}");
     v["token"].as_str().unwrap().to_string()
 }
 

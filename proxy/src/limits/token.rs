@@ -86,8 +86,9 @@ struct Claims {
     var: Option<Short>,
 }
 
-/// Reads [`Claims`], looking in `vrs` for the var `.0` only (nothing else is kept, and
-/// nothing allocated unless a string has escapes).
+/// Reads [`Claims`], looking in `vrs` for the var `.0` only. Nothing is allocated: keys and
+/// values are looked at where they lie (or in serde_json's scratch, when they have escapes)
+/// and what is kept is copied onto the stack.
 struct ClaimsOf<'v>(Option<&'v str>);
 
 impl<'de> serde::de::DeserializeSeed<'de> for ClaimsOf<'_> {
@@ -103,20 +104,16 @@ impl<'de> serde::de::Visitor<'de> for ClaimsOf<'_> {
         f.write_str("a JWT payload")
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Claims, A::Error> {
-        use std::borrow::Cow;
         let mut claims = Claims {
             uid: None,
             exp: None,
             var: None,
         };
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match (&*key, self.0) {
-                ("uid", _) => {
-                    let uid: Cow<'de, str> = map.next_value()?;
-                    claims.uid = UserId::of(&uid);
-                }
-                ("exp", _) => claims.exp = map.next_value()?,
-                ("vrs", Some(var)) => claims.var = map.next_value_seed(VarOf(var))?,
+        while let Some(key) = map.next_key_seed(Key(&["uid", "exp", "vrs"]))? {
+            match (key, self.0) {
+                (Some(0), _) => claims.uid = map.next_value_seed(Text)?.and_then(UserId::of),
+                (Some(1), _) => claims.exp = map.next_value()?,
+                (Some(2), Some(var)) => claims.var = map.next_value_seed(VarOf(var))?,
                 _ => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
@@ -145,12 +142,10 @@ impl<'de> serde::de::Visitor<'de> for VarOf<'_> {
         self,
         mut map: A,
     ) -> Result<Option<Short>, A::Error> {
-        use std::borrow::Cow;
         let mut found = None;
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if *key == *self.0 {
-                let value: Cow<'de, str> = map.next_value()?;
-                found = Short::of(&value);
+        while let Some(key) = map.next_key_seed(Key(&[self.0]))? {
+            if key.is_some() {
+                found = map.next_value_seed(Text)?;
             } else {
                 map.next_value::<serde::de::IgnoredAny>()?;
             }
@@ -159,10 +154,49 @@ impl<'de> serde::de::Visitor<'de> for VarOf<'_> {
     }
 }
 
+/// A map key: its index among `.0`, `None` for any other.
+struct Key<'k>(&'k [&'k str]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Key<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for Key<'_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|k| *k == key))
+    }
+}
+
+/// A string value copied onto the stack; `None` when longer than 64 bytes.
+struct Text;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Text {
+    type Value = Option<Short>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<Short>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for Text {
+    type Value = Option<Short>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Option<Short>, E> {
+        Ok(Short::of(text))
+    }
+}
+
 impl UserId {
-    fn of(uid: &str) -> Option<UserId> {
-        let short = Short::of(uid).filter(|s| s.len > 0)?;
-        Some(UserId {
+    fn of(short: Short) -> Option<UserId> {
+        (short.len > 0).then_some(UserId {
             bytes: short.bytes,
             len: short.len,
         })

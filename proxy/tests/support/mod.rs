@@ -322,6 +322,20 @@ impl TestCerts {
     }
 }
 
+/// POST `body` to `url` as a client logs in or refreshes (JSON, Nakama's default server key):
+/// the status and the answer's JSON.
+pub async fn with_server_key(client: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
+    let r = client
+        .post(url)
+        .basic_auth("defaultkey", Some(""))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
 /// Write a file the way deployment tools do: a temporary file renamed over the old one.
 pub fn write_atomically(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp-write");
@@ -769,15 +783,10 @@ impl Edge {
 
     /// Authenticate a device through the edge.
     pub async fn authenticate(&self, client: &reqwest::Client, device_id: &str) -> Session {
-        let r = client
-            .post(self.url("/v2/account/authenticate/device?create=true"))
-            .basic_auth("defaultkey", Some(""))
-            .json(&serde_json::json!({ "id": device_id }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let v: Value = r.json().await.unwrap();
+        let url = self.url("/v2/account/authenticate/device?create=true");
+        let (status, v) =
+            with_server_key(client, url, serde_json::json!({ "id": device_id })).await;
+        assert_eq!(status, 200, "{v}");
         Session {
             token: v["token"].as_str().unwrap().to_string(),
             refresh_token: v["refresh_token"].as_str().unwrap().to_string(),
