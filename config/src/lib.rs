@@ -587,8 +587,13 @@ impl Config {
                 if n == 1 { "y" } else { "ies" }
             ),
         };
+        let routing = match (self.routing.mode, self.shards.len()) {
+            (RoutingMode::Cluster, _) => String::new(),
+            (RoutingMode::Shards, 0) => "; shard mode, every node its own shard".to_string(),
+            (RoutingMode::Shards, n) => format!("; shard mode, {n} shard(s)"),
+        };
         format!(
-            "ok: {} node(s){discover}; https {} ({certs}), http {} ({}), admin {}{cluster}",
+            "ok: {} node(s){discover}{routing}; https {} ({certs}), http {} ({}), admin {}{cluster}",
             self.nodes.len(),
             addr(self.listeners.https),
             addr(self.listeners.http),

@@ -53,6 +53,44 @@ fn check_lists_every_problem_with_line_and_column_and_exits_1() {
 }
 
 #[test]
+fn check_finds_the_shard_mistakes_an_operator_makes() {
+    let nodes = "[[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:7350\"\n\
+                 [[nodes]]\nname = \"b\"\naddress = \"127.0.0.2:7350\"\n";
+    let text = format!(
+        "[routing]\nmode = \"shards\"\n[nakama]\nsession_key = \"k\"\n\
+         [[shards]]\nname = \"eu\"\nnode = \"nakama-9\"\n\
+         [[shards]]\nname = \"us\"\nnode = \"a\"\nstandby = \"a\"\n\
+         [[shards]]\nname = \"asia\"\nnode = \"a\"\n{nodes}"
+    );
+    let (code, _, stderr) = check(&text);
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(
+        lines[0].contains("edge.toml:7:8:") && lines[0].contains("\"nakama-9\" is neither"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains("edge.toml:11:11:") && lines[1].contains("the shard's own node"),
+        "{stderr}"
+    );
+    assert!(
+        lines[2].contains("edge.toml:14:8:") && lines[2].contains("already holds shard \"us\""),
+        "{stderr}"
+    );
+    let good = format!(
+        "[routing]\nmode = \"shards\"\n[nakama]\nsession_key = \"k\"\n\
+         [[shards]]\nname = \"eu\"\nnode = \"a\"\nstandby = \"b\"\n{nodes}"
+    );
+    let (code, stdout, stderr) = check(&good);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("ok: 2 node(s); shard mode, 1 shard(s);"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn check_reports_unknown_keys_and_missing_files_as_user_errors() {
     let (code, _, stderr) = check("[listeners]\nhttps = \"127.0.0.1:1\"\nhttp2 = true\n");
     assert_eq!(code, 1);
