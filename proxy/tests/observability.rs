@@ -223,7 +223,7 @@ fn the_alert_rules_pass_promtool() {
         ],
         None,
     );
-    assert!(ok && out.contains("SUCCESS: 10 rules found"), "{out}");
+    assert!(ok && out.contains("SUCCESS: 11 rules found"), "{out}");
 }
 
 #[tokio::test]
