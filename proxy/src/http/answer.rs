@@ -173,8 +173,9 @@ pub struct Books {
     snapshot: Arc<Snapshot>,
     started: Instant,
     pub route: Route,
-    /// The request's method and target, for the access log (when it is on).
-    logged: Option<(Method, Uri)>,
+    /// The request's method and target, for the access log (when it is on). Boxed: the books
+    /// move with the request and its answer, and most edges log no request.
+    logged: Option<Box<(Method, Uri)>>,
     /// The status the player got (0: none).
     pub status: u16,
     /// The node the request went to (last), by index in the snapshot's pool.
@@ -210,7 +211,7 @@ impl Books {
                 .config
                 .log
                 .access_log
-                .then(|| (parts.method.clone(), parts.uri.clone())),
+                .then(|| Box::new((parts.method.clone(), parts.uri.clone()))),
             status: 0,
             node: None,
             in_flight: None,
@@ -260,7 +261,7 @@ impl Drop for Books {
             end.duration_since(self.started).as_secs_f64(),
         );
         metrics.bytes(self.route, self.received, self.sent);
-        if let Some((method, uri)) = &self.logged {
+        if let Some((method, uri)) = self.logged.as_deref() {
             logging::access(
                 Some(player.client),
                 method.as_str(),
