@@ -34,17 +34,9 @@ async fn deployment(sections: &str) -> Option<(Deployment, Vec<Nakama>, Edge)> {
 
 /// `whoami` with the player's session token (POST, as nakama-js calls RPCs): the node's name.
 async fn rpc_node(edge: &Edge, client: &reqwest::Client, token: &str) -> String {
-    let r = client
-        .post(edge.url("/v2/rpc/whoami"))
-        .bearer_auth(token)
-        .json(&"{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
-    let payload: Value = serde_json::from_str(v["payload"].as_str().unwrap()).unwrap();
-    payload["node"].as_str().unwrap().to_string()
+    let (status, node) = edge.rpc_whoami(client, token).await;
+    assert_eq!(status, 200, "{node}");
+    node
 }
 
 /// Which node served each of `n` calls, counted by node name.

@@ -60,21 +60,7 @@ async fn login(edge: &Edge, device: &str, vars: Value) -> String {
 
 /// `whoami` with the player's token: the status, and the node's name or the edge's answer.
 async fn whoami(edge: &Edge, token: &str) -> (u16, String) {
-    let r = edge
-        .client(None)
-        .post(edge.url("/v2/rpc/whoami"))
-        .bearer_auth(token)
-        .json(&"{}")
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let v: Value = r.json().await.unwrap();
-    if status != 200 {
-        return (status, v.to_string());
-    }
-    let payload: Value = serde_json::from_str(v["payload"].as_str().unwrap()).unwrap();
-    (status, payload["node"].as_str().unwrap().to_string())
+    edge.rpc_whoami(&edge.client(None), token).await
 }
 
 async fn node_of(edge: &Edge, token: &str) -> String {

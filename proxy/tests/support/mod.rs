@@ -781,6 +781,25 @@ impl Edge {
             .unwrap()
     }
 
+    /// The `whoami` RPC with a player's session `token` (POST, as nakama-js calls RPCs): the
+    /// status, and the name of the node that ran it (refused: the edge's or node's answer).
+    pub async fn rpc_whoami(&self, client: &reqwest::Client, token: &str) -> (u16, String) {
+        let r = client
+            .post(self.url("/v2/rpc/whoami"))
+            .bearer_auth(token)
+            .json(&"{}")
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap();
+        if status != 200 {
+            return (status, v.to_string());
+        }
+        let payload: Value = serde_json::from_str(v["payload"].as_str().unwrap()).unwrap();
+        (status, payload["node"].as_str().unwrap().to_string())
+    }
+
     /// Authenticate a device through the edge.
     pub async fn authenticate(&self, client: &reqwest::Client, device_id: &str) -> Session {
         let url = self.url("/v2/account/authenticate/device?create=true");
