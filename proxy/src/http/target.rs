@@ -44,9 +44,10 @@ pub(super) enum Target {
     Any,
     /// The shard the player's session var names: its node, else its standby, else nothing.
     Shard(usize),
-    /// A player with no shard named (shard mode): the shard their user id hashes to among
-    /// those that can take work (`.0`: the user id as a key).
-    Hashed(u128),
+    /// A player with no shard named (shard mode): the shard their user id (`user`, as a key)
+    /// hashes to among those that can take work; `first`: that shard before any node was
+    /// tried, worked out once per request.
+    Hashed { user: u128, first: Option<usize> },
 }
 
 impl Target {
@@ -62,12 +63,17 @@ impl Target {
         let named = session.var.and_then(|v| shards.named(v.as_bytes()));
         let target = match named {
             Some(shard) => Target::Shard(shard),
-            None => Target::Hashed(session.user.key()),
-        };
-        if let Some(shard) = target.shard(snapshot, Tried::default()) {
-            if let Some(s) = shards.get(shard) {
-                s.series.requests.inc();
+            None => {
+                let user = session.user.key();
+                let first = shards.hashed(user, &snapshot.pool, Tried::default());
+                Target::Hashed { user, first }
             }
+        };
+        if let Some(s) = target
+            .shard(snapshot, Tried::default())
+            .and_then(|i| shards.get(i))
+        {
+            s.series.requests.inc();
         }
         target
     }
@@ -78,7 +84,8 @@ impl Target {
         match self {
             Target::Any => None,
             Target::Shard(shard) => Some(shard),
-            Target::Hashed(user) => shards.hashed(user, &snapshot.pool, tried),
+            Target::Hashed { first, .. } if tried.is_empty() => first,
+            Target::Hashed { user, .. } => shards.hashed(user, &snapshot.pool, tried),
         }
     }
 

@@ -463,6 +463,10 @@ impl Tried {
     pub fn contains(self, i: usize) -> bool {
         i < 128 && self.0 & (1 << i) != 0
     }
+    /// Whether no node was tried yet.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
     /// Record node `i` as tried.
     pub fn insert(&mut self, i: usize) {
         if i < 128 {
