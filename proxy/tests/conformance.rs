@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use support::raw::Raw;
 use support::raw_node::{ok, RawNode, Reply, Seen};
 use support::*;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A player's transport.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -299,6 +299,27 @@ async fn a_partial_head_after_a_complete_request_is_cut_off_at_request_header() 
         );
         assert!(started.elapsed() < Duration::from_secs(5), "{over:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_player_that_stops_sending_after_its_request_still_gets_the_answer() {
+    // The stand-in's `slow` RPC answers after 400 ms: the player's end of sending (a FIN;
+    // over TLS a close_notify first) reaches the edge while the request is at the node.
+    let (nodes, edge) = cluster_with(&["a"], "http_redirect = false\n").await;
+    for over in BOTH {
+        let mut player = connect(&edge, over).await;
+        player
+            .send(b"GET /v2/rpc/slow?ms=400&http_key=defaulthttpkey HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await;
+        player.stream.shutdown().await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), player.answer()).await;
+        assert_eq!(answer.map(|a| a.status).ok(), Some(200), "{over:?}");
+        assert!(
+            player.closed().await,
+            "{over:?}: left open after the answer"
+        );
+    }
+    assert_eq!(nodes[0].stats().await["requests"].as_u64(), Some(2));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -223,6 +223,8 @@ async fn connect_h1(
 ) -> io::Result<http1::SendRequest<OutBody>> {
     let io = connect(address, timeout).await?;
     let (sender, conn) = http1::Builder::new()
+        // One buffer, one `send`, as towards players (`http::Server`).
+        .writev(false)
         .handshake(io)
         .await
         .map_err(io::Error::other)?;

@@ -97,8 +97,8 @@ impl Clock {
     /// for it.
     ///
     /// While an HTTP/1.x request is proxied the timer is armed too, with no deadline behind
-    /// it: hyper reads during a request (to notice a client leaving) and may not read again
-    /// once the answer is out, so a timer must wake it to begin the idle deadline. That look
+    /// it: the connection is polled for reading last before the answer goes out and may not
+    /// be again after it, so a timer must wake it to begin the idle deadline. That look
     /// keeps a timer already armed to fire by then (moving a timer earlier is what costs, a
     /// lock and the wheel): the idle deadline of the last answer always does.
     pub fn check(&mut self, state: &ConnState, cx: &mut Context<'_>) -> io::Result<Phase> {
