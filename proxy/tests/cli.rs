@@ -22,6 +22,19 @@ fn check(text: &str) -> (i32, String, String) {
     )
 }
 
+/// `stderr` is exactly the problems `expected` names, in order: each line at its
+/// `line:column` of edge.toml and saying its words.
+fn assert_problems(stderr: &str, expected: &[(&str, &str)]) {
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), expected.len(), "{stderr}");
+    for (line, (at, words)) in lines.iter().zip(expected) {
+        assert!(
+            line.contains(&format!("edge.toml:{at}:")) && line.contains(words),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn check_accepts_a_good_file_with_a_summary() {
     let (code, stdout, _) = check("[[nodes]]\nname = \"a\"\naddress = \"127.0.0.1:7350\"\n");
@@ -36,19 +49,13 @@ fn check_lists_every_problem_with_line_and_column_and_exits_1() {
     let (code, stdout, stderr) = check(text);
     assert_eq!(code, 1);
     assert!(stdout.is_empty());
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 3, "{stderr}");
-    assert!(
-        lines[0].contains("edge.toml:2:11:") && lines[0].contains("server.threads"),
-        "{stderr}"
-    );
-    assert!(
-        lines[1].contains("edge.toml:6:11:") && lines[1].contains("console port"),
-        "{stderr}"
-    );
-    assert!(
-        lines[2].contains("edge.toml:9:9:") && lines[2].contains("300.0.0.0/8"),
-        "{stderr}"
+    assert_problems(
+        &stderr,
+        &[
+            ("2:11", "server.threads"),
+            ("6:11", "console port"),
+            ("9:9", "300.0.0.0/8"),
+        ],
     );
 }
 
@@ -64,19 +71,13 @@ fn check_finds_the_shard_mistakes_an_operator_makes() {
     );
     let (code, _, stderr) = check(&text);
     assert_eq!(code, 1);
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 3, "{stderr}");
-    assert!(
-        lines[0].contains("edge.toml:7:8:") && lines[0].contains("\"nakama-9\" is neither"),
-        "{stderr}"
-    );
-    assert!(
-        lines[1].contains("edge.toml:11:11:") && lines[1].contains("the shard's own node"),
-        "{stderr}"
-    );
-    assert!(
-        lines[2].contains("edge.toml:14:8:") && lines[2].contains("already holds shard \"us\""),
-        "{stderr}"
+    assert_problems(
+        &stderr,
+        &[
+            ("7:8", "\"nakama-9\" is neither"),
+            ("11:11", "the shard's own node"),
+            ("14:8", "already holds shard \"us\""),
+        ],
     );
     let good = format!(
         "[routing]\nmode = \"shards\"\n[nakama]\nsession_key = \"k\"\n\
