@@ -29,8 +29,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// connection a fresh 8 KiB read buffer per answer while the answer's head still holds the old
 /// one, and with 20 kept a worker thread under load refilled and flushed that cache from the
 /// arenas all the time (3,800 of 31,000 instructions a keep-alive request, callgrind; 1,100
-/// with 64). `_RJEM_MALLOC_CONF` in the environment still overrides. (Each
-/// worker thread also flushes its own cache: `ops/allocator.rs`.)
+/// with 64). `_RJEM_MALLOC_CONF` in the environment still overrides. (Each worker thread also
+/// flushes its own cache: `ops/allocator.rs`.)
 #[cfg(target_os = "linux")]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
