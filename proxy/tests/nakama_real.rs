@@ -195,6 +195,27 @@ async fn an_upgrade_under_load_fails_no_call_and_logs_no_error() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_player_that_stops_sending_after_an_rpc_still_gets_the_real_nodes_answer() {
+    let Some((_deployment, _nodes, edge)) = deployment("").await else {
+        return;
+    };
+    let tls = edge.tls_connect(ip("127.0.0.1"), &[b"http/1.1"]).await;
+    let mut player = support::raw::Raw::new(tls);
+    player
+        .send(b"GET /v2/rpc/whoami?http_key=defaulthttpkey HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await;
+    // close_notify, then the end of the player's sending.
+    tokio::io::AsyncWriteExt::shutdown(&mut player.stream)
+        .await
+        .unwrap();
+    let answer = player.answer().await;
+    let body = String::from_utf8_lossy(&answer.body).to_string();
+    assert_eq!(answer.status, 200, "{body}");
+    assert!(body.contains("nakama-"), "{body}");
+    assert!(player.closed().await, "left open after the answer");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn real_tokens_checked_with_a_wrong_session_key_are_counted_and_named_in_a_warn_line() {
     let Some((_deployment, _nodes, edge)) =
         deployment("[nakama]\nsession_key = \"not-what-nakama-signs-with\"\n").await
