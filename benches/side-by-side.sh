@@ -6,6 +6,8 @@
 #   ROUNDS=1 DURATION=5 WS_COUNTS=500,1000 benches/side-by-side.sh      # a quick look
 #   PROXIES="nakama-edge direct" benches/side-by-side.sh          # some of them
 #   PROXIES="edge-cluster edge-shards" benches/side-by-side.sh    # routing modes, token-bearing requests
+#   FIGURES=keepalive ROUNDS=5 PROXIES="nakama-edge haproxy" benches/side-by-side.sh
+#                      # only the keep-alive figures (TCP, TLS, h2), about 2 minutes a round
 #
 # Each proxy runs one worker pinned to CPU 0 (`taskset -c 0`); the load generators and the
 # nodes share CPU 1. For every proxy it reports:
@@ -43,6 +45,10 @@ ECHO_SOCKETS=${ECHO_SOCKETS:-1000}
 ECHO_RATE=${ECHO_RATE:-20}
 # Which to measure, in this order.
 PROXIES=${PROXIES:-"nakama-edge edge+log haproxy nginx direct"}
+# Which figures: all, or keepalive (TCP and TLS keep-alive and h2 only: a quick A/B of the
+# request path, with more rounds in the same time).
+FIGURES=${FIGURES:-all}
+case "$FIGURES" in all | keepalive) ;; *) echo "FIGURES is all or keepalive" >&2; exit 2 ;; esac
 PROXY_CPU=0
 LOAD_CPU=1
 
@@ -211,12 +217,14 @@ measure() {
   wait_ok "https://127.0.0.1:$https/healthcheck"
   # Memory first, while the process is fresh: after the other loads its allocator holds
   # freed memory that new sockets reuse unseen, and the figure would flatter every proxy.
-  wsmem "$name" "$pid" "wss://127.0.0.1:$https/ws"
+  [ "$FIGURES" = keepalive ] || wsmem "$name" "$pid" "wss://127.0.0.1:$https/ws"
   keepalive "$name" "$pid" "http://127.0.0.1:$http/healthcheck" "TCP"
   keepalive "$name" "$pid" "https://127.0.0.1:$https/healthcheck" "TLS"
   h2 "$name" "$pid" "https://127.0.0.1:$https/healthcheck"
-  handshakes "$name" "$pid" "127.0.0.1:$https"
-  wsecho "$name" "$pid" "wss://127.0.0.1:$https/ws"
+  if [ "$FIGURES" = all ]; then
+    handshakes "$name" "$pid" "127.0.0.1:$https"
+    wsecho "$name" "$pid" "wss://127.0.0.1:$https/ws"
+  fi
   stop "$pid"
 }
 
@@ -387,7 +395,7 @@ start node-direct $PROXY_CPU "$BIN/nakama-standin" --name direct --listen 127.0.
 direct=$started
 wait_ok http://127.0.0.1:17370/healthcheck
 keepalive direct "$direct" http://127.0.0.1:17370/healthcheck "TCP"
-wsmem direct "$direct" ws://127.0.0.1:17370/ws
+[ "$FIGURES" = keepalive ] || wsmem direct "$direct" ws://127.0.0.1:17370/ws
 stop "$direct"
 fi
 
@@ -439,12 +447,30 @@ def ratio(metric, edge, other):
         return "n/a"
     return f"{a / b:.2f}"
 
-print("| figure | " + " | ".join(cols) + " | edge ÷ HAProxy | edge ÷ nginx |")
-print("| --- " * (len(cols) + 3) + "|")
+# Only the proxies measured, and ratios to those of them that are compared against.
+measured = {name for by_name in samples.values() for name in by_name}
+cols = [c for c in cols if c in measured]
+others = [o for o in ("haproxy", "nginx") if o in measured]
+shown = {"haproxy": "HAProxy", "nginx": "nginx"}
+print("| figure | " + " | ".join(cols) + "".join(f" | edge ÷ {shown[o]}" for o in others) + " |")
+print("| --- " * (len(cols) + len(others) + 1) + "|")
 for metric, values in table.items():
     cells = [values.get(c, "n/a") for c in cols]
     edge = values.get("nakama-edge", "n/a")
-    cells += [ratio(metric, edge, values.get(o, "n/a")) for o in ("haproxy", "nginx")]
+    cells += [ratio(metric, edge, values.get(o, "n/a")) for o in others]
     print(f"| {metric} | " + " | ".join(cells) + " |")
+
+# This machine's noise, seen in the CPU figures: each round's edge ÷ HAProxy (the two are
+# measured minutes apart in the same round).
+cpu = [(m, by) for m, by in samples.items()
+       if "CPU/" in m and "nakama-edge" in by and "haproxy" in by]
+if cpu and max(len(by["nakama-edge"]) for _, by in cpu) > 1:
+    print()
+    print("edge ÷ HAProxy, round by round:")
+    print()
+    for metric, by in cpu:
+        rounds = [f"{number(a) / number(b):.2f}" for a, b in zip(by["nakama-edge"], by["haproxy"])
+                  if number(a) and number(b)]
+        print(f"- {metric}: " + ", ".join(rounds))
 PY
 } | tee target/side-by-side.md
