@@ -225,17 +225,15 @@ async fn an_operator_stays_on_one_nodes_console_unless_they_pick_another() {
             (payload["node"].as_str().unwrap().to_string(), set)
         }
     };
+    // Sixteen operators: the nodes' places on the ring follow their (random) ports, so five
+    // operators all landed on one node now and then (a chance of 3 in 243 on an even ring;
+    // seen once in five runs); sixteen all on one node is a chance in fourteen million.
     let mut seen = std::collections::BTreeSet::new();
-    for source in [
-        "127.0.0.3",
-        "127.0.0.4",
-        "127.0.0.5",
-        "127.0.0.6",
-        "127.0.0.7",
-    ] {
-        let client = operator(source);
+    for last in 3..19 {
+        let source = format!("127.0.0.{last}");
+        let client = operator(&source);
         let (first, _) = ask(client.clone(), "", None).await;
-        for _ in 0..5 {
+        for _ in 0..3 {
             assert_eq!(
                 ask(client.clone(), "", None).await.0,
                 first,
@@ -244,7 +242,7 @@ async fn an_operator_stays_on_one_nodes_console_unless_they_pick_another() {
         }
         seen.insert(first);
     }
-    assert!(seen.len() >= 2, "five operators all on {seen:?}");
+    assert!(seen.len() >= 2, "sixteen operators all on {seen:?}");
 
     // An operator picks node c: answered by c's console, kept by a cookie.
     let client = operator("127.0.0.3");
