@@ -98,29 +98,33 @@ impl Clock {
     ///
     /// While an HTTP/1.x request is proxied the timer is armed too, with no deadline behind
     /// it: the connection is polled for reading last before the answer goes out and may not
-    /// be again after it, so a timer must wake it to begin the idle deadline. That look
-    /// keeps a timer already armed to fire by then (moving a timer earlier is what costs, a
-    /// lock and the wheel): the idle deadline of the last answer always does.
+    /// be again after it, so a timer must wake it to begin the idle deadline.
+    ///
+    /// Moving a timer costs a lock and the timer wheel, and the deadline moves later with
+    /// every answer (and every WebSocket read): a timer already armed to fire by the deadline
+    /// is kept, and when it fires before the deadline it is armed again for it. So the timer
+    /// moves once per deadline's length at most, not once per request or message.
     pub fn check(&mut self, state: &ConnState, cx: &mut Context<'_>) -> io::Result<Phase> {
         let phase = self.sync(state);
         let Some(Deadline { at, strict }) = self.deadline(state, phase) else {
             return Ok(phase);
         };
-        let rearm = if strict {
-            self.timer.at() != Some(at)
-        } else {
-            self.timer.at().is_none_or(|armed| armed > at)
-        };
-        if rearm {
+        if self.timer.at().is_none_or(|armed| armed > at) {
             self.timer.arm(at);
         }
         if !self.timer.elapsed(cx) {
             return Ok(phase);
         }
-        if !strict {
+        let now = Instant::now();
+        if !strict || now < at {
             // Nothing is late: look again later.
-            self.since = Instant::now();
-            self.timer.arm(self.since + look(state));
+            let next = if strict {
+                at
+            } else {
+                self.since = now;
+                now + look(state)
+            };
+            self.timer.arm(next);
             let _ = self.timer.elapsed(cx);
             return Ok(phase);
         }
