@@ -185,11 +185,10 @@ pub(crate) async fn serve(
         conn: state.clone(),
     });
     let metrics_player = player.clone();
-    // Not boxed: a request's future is small (its way to a node is boxed inside it), and hyper
-    // moves it once, into its slot for the request being answered (HTTP/1.1) or into the
-    // stream's future, which `Streams` boxes (HTTP/2).
+    // The request's future is a few KiB of state: boxed once, every later move (into hyper's
+    // dispatcher, into an HTTP/2 stream's task) is a pointer's.
     let service = service_fn(move |req| {
-        let answer = request::handle(player.clone(), req);
+        let answer = Box::pin(request::handle(player.clone(), req));
         async move { Ok::<_, Infallible>(answer.await) }
     });
     let io = TokioIo::new(conn);

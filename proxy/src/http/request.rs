@@ -109,10 +109,8 @@ pub(super) async fn handle(player: Arc<Player>, req: Request<Incoming>) -> Respo
         None
     };
 
-    // 7. To a node and back. Boxed: the way to a node is most of a request's state, and a
-    // future is copied whole wherever it moves; this one moves once, into its box, and the
-    // request's own future, which hyper moves into its slot, stays small.
-    Box::pin(forward::to_node(&player, parts, body, login, books, target)).await
+    // 7. To a node and back.
+    forward::to_node(&player, parts, body, login, books, target).await
 }
 
 /// What follows an answer the edge gives itself: `then`, or a close once the process is

@@ -79,13 +79,9 @@ impl Watch {
         }
     }
 
-    /// `send`'s answer, or `None` once `deadline` has passed without one. (`send` is pinned by
-    /// the caller: a future passed by value would be stored twice in this one's state.)
-    async fn within<F: Future>(
-        &mut self,
-        deadline: Instant,
-        mut send: Pin<&mut F>,
-    ) -> Option<F::Output> {
+    /// `send`'s answer, or `None` once `deadline` has passed without one.
+    async fn within<F: Future>(&mut self, deadline: Instant, send: F) -> Option<F::Output> {
+        let mut send = pin!(send);
         let timer = &mut self.timer;
         std::future::poll_fn(|cx| {
             if let Poll::Ready(answer) = send.as_mut().poll(cx) {
@@ -301,8 +297,10 @@ async fn exchange(
     read_timeout: Duration,
 ) -> Result<Response<Incoming>, Failure> {
     let deadline = Instant::now() + read_timeout;
-    let send = pin!(sender.try_send_request(*request));
-    match watch.within(deadline, send).await {
+    match watch
+        .within(deadline, sender.try_send_request(*request))
+        .await
+    {
         Some(Ok(response)) => Ok(response),
         Some(Err(mut e)) => match e.take_message() {
             Some(request) => Err(Failure::Unsent(Box::new(request))),
@@ -382,18 +380,16 @@ mod tests {
         // A first answer in time: the timer stays armed at that request's deadline.
         let first = Instant::now() + Duration::from_millis(50);
         let answered = watch
-            .within(first, pin!(tokio::time::sleep(Duration::from_millis(5))))
+            .within(first, tokio::time::sleep(Duration::from_millis(5)))
             .await;
         assert!(answered.is_some());
         // The next request's deadline is later: the early timer is not its end.
         let second = Instant::now() + Duration::from_millis(300);
-        let silent = watch
-            .within(second, pin!(std::future::pending::<()>()))
-            .await;
+        let silent = watch.within(second, std::future::pending::<()>()).await;
         assert!(silent.is_none());
         assert!(Instant::now() >= second, "cut off before its deadline");
         // And an answer that comes before the deadline is the answer.
         let third = Instant::now() + Duration::from_secs(30);
-        assert_eq!(watch.within(third, pin!(async { 7 })).await, Some(7));
+        assert_eq!(watch.within(third, async { 7 }).await, Some(7));
     }
 }
