@@ -8,6 +8,8 @@
 #   PROXIES="edge-cluster edge-shards" benches/side-by-side.sh    # routing modes, token-bearing requests
 #   FIGURES=keepalive ROUNDS=5 PROXIES="nakama-edge haproxy" benches/side-by-side.sh
 #                      # only the keep-alive figures (TCP, TLS, h2), about 2 minutes a round
+#   EDGE_BIN=target/pgo/release/nakama-edge benches/side-by-side.sh
+#                      # the edge rows from that binary (deploy/pgo-build.sh's, say)
 #
 # Each proxy runs one worker pinned to CPU 0 (`taskset -c 0`); the load generators and the
 # nodes share CPU 1. For every proxy it reports:
@@ -52,21 +54,9 @@ case "$FIGURES" in all | keepalive) ;; *) echo "FIGURES is all or keepalive" >&2
 PROXY_CPU=0
 LOAD_CPU=1
 
-need=()
-command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
-command -v nginx >/dev/null 2>&1 || need+=(nginx)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
-command -v taskset >/dev/null 2>&1 || need+=(util-linux)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+. benches/harness.sh
+install_missing haproxy:haproxy nginx:nginx wrk:wrk h2load:nghttp2-client openssl:openssl \
+  taskset:util-linux curl:curl
 # Debian starts the packaged services; this harness runs its own copies.
 for unit in haproxy nginx; do
   systemctl stop "$unit" >/dev/null 2>&1 || true
@@ -74,43 +64,13 @@ done
 
 cargo build --release -q -p nakama-edge -p nakama-standin -p nakama-edge-benches --bins
 BIN=$PWD/target/release
+# The edge measured: this checkout's release build, or EDGE_BIN.
+EDGE=$(realpath "${EDGE_BIN:-$BIN/nakama-edge}")
 ulimit -n "$(ulimit -Hn)"
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
-  -subj /CN=localhost -addext subjectAltName=DNS:localhost \
-  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+self_signed
 cat "$work/cert.pem" "$work/key.pem" >"$work/haproxy.pem"
 
-# start NAME CPU COMMAND...: run in the background, pinned; the pid is in $started.
-start() {
-  local name=$1 cpu=$2
-  shift 2
-  taskset -c "$cpu" "$@" >"$work/$name.log" 2>&1 &
-  started=$!
-  pids+=("$started")
-}
-stop() {
-  kill "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-}
-wait_ok() {
-  for _ in $(seq 100); do
-    curl -skf -o /dev/null "$1" && return 0
-    sleep 0.2
-  done
-  echo "no answer from $1; the logs end:" >&2
-  tail -n 5 "$work"/*.log >&2
-  return 1
-}
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 HZ=$(getconf CLK_TCK)
@@ -244,38 +204,7 @@ echo "round $round of $ROUNDS" >&2
 
 # --- nakama-edge ------------------------------------------------------------------------
 # edge_toml LEVEL ACCESS_LOG [SECTIONS]: the edge's config, SECTIONS appended.
-edge_toml() {
-cat >"$work/edge.toml" <<EOF
-[server]
-threads = 1
-grace_period = "1s"
-[listeners]
-https = "127.0.0.1:18443"
-http = "127.0.0.1:18080"
-admin = "127.0.0.1:19180"
-http_redirect = false
-[tls]
-cert = "$work/cert.pem"
-key = "$work/key.pem"
-[[nodes]]
-name = "a"
-address = "127.0.0.1:17350"
-[[nodes]]
-name = "b"
-address = "127.0.0.1:17360"
-[rate_limit]
-requests_per_second = 10000000
-burst = 10000000
-connections_per_ip = 10000000
-new_connections_per_second = 10000000
-[timeouts]
-websocket_idle = "1h"
-[log]
-level = "$1"
-access_log = $2
-EOF
-printf '%s\n' "${3:-}" >>"$work/edge.toml"
-}
+edge_toml() { edge_config 18443 18080 19180 17350 17360 "$1" "$2" "${3:-}"; }
 
 # edge NAME BINARY ACCESS_LOG FIGURES: one edge, its access log on (at info, to a file, as
 # journald would take it) or off; FIGURES is "all", or "http" for the keep-alive figures only.
@@ -294,8 +223,8 @@ else
   stop "$started"
 fi
 }
-if wanted nakama-edge; then edge nakama-edge "$BIN/nakama-edge" false all; fi
-if wanted edge+log; then edge edge+log "$BIN/nakama-edge" true http; fi
+if wanted nakama-edge; then edge nakama-edge "$EDGE" false all; fi
+if wanted edge+log; then edge edge+log "$EDGE" true http; fi
 # Routing modes, compared on requests that carry a verified session token (with a shard var):
 # cluster mode (round-robin; the token verified for the rate limits) and shard mode (the token
 # verified, its var read, the request sent to its shard's node).
@@ -308,7 +237,7 @@ if [ "$mode" = shards ]; then
   sections+=$(printf '\n[[shards]]\nname = "s1"\nnode = "a"\nstandby = "b"\n[[shards]]\nname = "s2"\nnode = "b"\n')
 fi
 edge_toml error false "$sections"
-start "$name" $PROXY_CPU "$BIN/nakama-edge" run -c "$work/edge.toml"
+start "$name" $PROXY_CPU "$EDGE" run -c "$work/edge.toml"
 wait_ok "https://127.0.0.1:18443/healthcheck"
 keepalive "$name" "$started" "http://127.0.0.1:18080/healthcheck" "TCP" "Authorization: Bearer $token"
 keepalive "$name" "$started" "https://127.0.0.1:18443/healthcheck" "TLS" "Authorization: Bearer $token"
