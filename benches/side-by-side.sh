@@ -62,9 +62,11 @@ for unit in haproxy nginx; do
   systemctl stop "$unit" >/dev/null 2>&1 || true
 done
 
-cargo build --release -q -p nakama-edge -p nakama-standin -p nakama-edge-benches --bins
+# The edge measured: this checkout's release build, or EDGE_BIN (not built here then).
+built=(-p nakama-standin -p nakama-edge-benches)
+[ -n "${EDGE_BIN:-}" ] || built+=(-p nakama-edge)
+cargo build --release -q "${built[@]}" --bins
 BIN=$PWD/target/release
-# The edge measured: this checkout's release build, or EDGE_BIN.
 EDGE=$(realpath "${EDGE_BIN:-$BIN/nakama-edge}")
 ulimit -n "$(ulimit -Hn)"
 
