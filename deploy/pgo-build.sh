@@ -45,10 +45,11 @@ echo "merging with $profdata ($("$profdata" --version 2>/dev/null | awk '/LLVM v
 # 1. The nodes and the load tools, as they are; the edge instrumented.
 cargo build --release --locked -q -p nakama-standin -p nakama-edge-benches --bins
 BIN=$workspace/target/release
-rm -rf "$profiles"
-mkdir -p "$profiles"
 CARGO_TARGET_DIR=$PGO_DIR/generate RUSTFLAGS="-Cprofile-generate=$profiles" \
   cargo build --release --locked -q -p nakama-edge
+# The build's own scripts ran instrumented too: only the edge's run is the profile.
+rm -rf "$profiles"
+mkdir -p "$profiles"
 
 # 2. The run that is measured.
 self_signed
