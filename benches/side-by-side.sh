@@ -2,14 +2,17 @@
 # The side-by-side harness: nakama-edge, HAProxy and nginx in turn in front of the same two
 # stand-in Nakama nodes, and a direct connection to a node (the limit), measured in one run.
 #
-#   benches/side-by-side.sh            # everything, 3 rounds (about 25 minutes here)
+#   benches/side-by-side.sh            # everything, 3 rounds (10 to 25 minutes here), of the
+#                                      # binary that ships: the profile-guided build, made
+#                                      # first by deploy/pgo-build.sh (11 to 30 minutes more)
+#   EDGE_BUILD=release benches/side-by-side.sh   # the edge from `cargo build --release` instead
 #   ROUNDS=1 DURATION=5 WS_COUNTS=500,1000 benches/side-by-side.sh      # a quick look
 #   PROXIES="nakama-edge direct" benches/side-by-side.sh          # some of them
 #   PROXIES="edge-cluster edge-shards" benches/side-by-side.sh    # routing modes, token-bearing requests
 #   FIGURES=keepalive ROUNDS=5 PROXIES="nakama-edge haproxy" benches/side-by-side.sh
 #                      # only the keep-alive figures (TCP, TLS, h2), about 2 minutes a round
 #   EDGE_BIN=target/pgo/release/nakama-edge benches/side-by-side.sh
-#                      # the edge rows from that binary (deploy/pgo-build.sh's, say)
+#                      # the edge rows from that binary (an older build, say)
 #
 # Each proxy runs one worker pinned to CPU 0 (`taskset -c 0`); the load generators and the
 # nodes share CPU 1. For every proxy it reports:
@@ -55,19 +58,31 @@ PROXY_CPU=0
 LOAD_CPU=1
 
 . benches/harness.sh
-install_missing haproxy:haproxy nginx:nginx wrk:wrk h2load:nghttp2-client openssl:openssl \
+install_missing cmake:cmake haproxy:haproxy nginx:nginx wrk:wrk h2load:nghttp2-client openssl:openssl \
   taskset:util-linux curl:curl
 # Debian starts the packaged services; this harness runs its own copies.
 for unit in haproxy nginx; do
   systemctl stop "$unit" >/dev/null 2>&1 || true
 done
 
-# The edge measured: this checkout's release build, or EDGE_BIN (not built here then).
+# The edge measured: EDGE_BIN; else the binary that ships (deploy/pgo-build.sh's, built unless
+# it is built from these sources already); else, with EDGE_BUILD=release, `cargo build --release`.
+EDGE_BUILD=${EDGE_BUILD:-pgo}
+case "$EDGE_BUILD" in pgo | release) ;; *) echo "EDGE_BUILD is pgo or release" >&2; exit 2 ;; esac
 built=(-p nakama-standin -p nakama-edge-benches)
-[ -n "${EDGE_BIN:-}" ] || built+=(-p nakama-edge)
+[ -n "${EDGE_BIN:-}" ] || [ "$EDGE_BUILD" = pgo ] || built+=(-p nakama-edge)
 cargo build --release -q "${built[@]}" --bins
 BIN=$PWD/target/release
-EDGE=$(realpath "${EDGE_BIN:-$BIN/nakama-edge}")
+if [ -n "${EDGE_BIN:-}" ]; then
+  EDGE=$(realpath "$EDGE_BIN")
+  edge_build="$EDGE"
+elif [ "$EDGE_BUILD" = pgo ]; then
+  EDGE=$(deploy/pgo-build.sh | tail -n 1)
+  edge_build="the profile-guided release build (deploy/pgo-build.sh)"
+else
+  EDGE=$BIN/nakama-edge
+  edge_build="cargo build --release (no profile)"
+fi
 ulimit -n "$(ulimit -Hn)"
 
 self_signed
@@ -336,7 +351,7 @@ done
 {
   echo "Side-by-side, $(date -u +%Y-%m-%d), $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)),"
   echo "proxy pinned to CPU $PROXY_CPU, wrk/edge-load and nodes on CPU $LOAD_CPU; ${DURATION}s per load, $CONNS connections;"
-  echo "median of $ROUNDS round(s)."
+  echo "median of $ROUNDS round(s). nakama-edge $("$EDGE" --version | awk '{print $2}'): $edge_build."
   echo "haproxy $(haproxy -v | awk 'NR==1 {print $3}'), $(nginx -v 2>&1 | awk '{print $3}'), $(wrk -v 2>&1 | awk 'NR==1 {print $1, $2}')"
   echo
   python3 - "$results" <<'PY'

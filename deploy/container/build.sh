@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Build the container image nakama-edge:<version> and nakama-edge:latest from the release
-# binary, with podman or docker (whichever is installed; CONTAINER_ENGINE=docker to choose).
+# Build the container image nakama-edge:<version> and nakama-edge:latest from the binary that
+# ships, with podman or docker (whichever is installed; CONTAINER_ENGINE=docker to choose).
 #
-#   deploy/container/build.sh                 # cargo build --release, then the image
+#   deploy/container/build.sh           # the profile-guided release build (deploy/pgo-build.sh:
+#                                       # 11 to 30 minutes on 2 cores, at once when it is built
+#                                       # from these sources already), then the image
+#   PGO=0 deploy/container/build.sh     # `cargo build --release` instead: minutes, and about a
+#                                       # tenth more CPU per request (BENCHMARKS.md)
 #   NAKAMA_EDGE_BINARY=path deploy/container/build.sh   # an already built binary instead
-#   PGO=1 deploy/container/build.sh           # the profile-guided binary (deploy/pgo-build.sh,
-#                                             # about 30 minutes; a tenth less CPU per request)
 #
 # Nothing is pulled from a registry: the image is the binary, the libraries it links, the
 # build host's CA certificates and a user, on `scratch` (see Containerfile).
@@ -26,10 +28,13 @@ if [ -z "$engine" ]; then
 fi
 
 binary=${NAKAMA_EDGE_BINARY:-}
-if [ -z "$binary" ] && [ "${PGO:-0}" = 1 ]; then
+case "${PGO:-1}" in 0 | 1) ;; *) echo "build.sh: PGO is 1 (the default) or 0" >&2; exit 2 ;; esac
+if [ -z "$binary" ] && [ "${PGO:-1}" = 1 ]; then
   binary=$("$workspace/deploy/pgo-build.sh" | tail -n 1)
 fi
 if [ -z "$binary" ]; then
+  command -v cmake >/dev/null 2>&1 ||
+    { echo "build.sh: building the edge needs cmake (pingora's zlib-ng): apt-get install cmake" >&2; exit 1; }
   (cd "$workspace" && cargo build --release --locked -p nakama-edge)
   binary=${CARGO_TARGET_DIR:-$workspace/target}/release/nakama-edge
 fi
