@@ -16,6 +16,8 @@
 //!   session vars, and a refresh within the same second gives the same tokens;
 //! * gRPC over h2c, on the API port - 1 unless `--grpc` says otherwise:
 //!   `/nakama.api.Nakama/Healthcheck` and `/nakama.api.Nakama/RpcFunc`;
+//! * a keep-alive HTTP/1.1 connection that waits 60 s for its next request is closed, as
+//!   Nakama's `socket.idle_timeout_ms` closes it (`--idle-timeout SECS` to shorten it);
 //! * SIGTERM: exits at once (Nakama with no authoritative match running); with
 //!   `--shutdown-grace` (Nakama with one, for `shutdown_grace_sec`) keeps serving, health
 //!   green, for the grace first. WebSockets die without a close frame (players see 1006).

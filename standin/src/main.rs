@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use nakama_standin::token;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -26,6 +26,9 @@ struct Node {
     server_key: String,
     session_key: String,
     ping_interval: Duration,
+    /// How long a keep-alive HTTP/1.1 connection may wait for its next request before the node
+    /// closes it: Nakama's `socket.idle_timeout_ms` (Go's `IdleTimeout`), 60 s by default.
+    idle_timeout: Duration,
     healthy: AtomicBool,
     websockets: AtomicI64,
     requests: AtomicU64,
@@ -89,6 +92,7 @@ struct Args {
     server_key: String,
     session_key: String,
     ping_interval: Duration,
+    idle_timeout: Duration,
     shutdown_grace: Duration,
 }
 
@@ -107,6 +111,7 @@ fn parse_args() -> anyhow::Result<Args> {
         server_key: "defaultkey".into(),
         session_key: "defaultencryptionkey".into(),
         ping_interval: Duration::from_secs(15),
+        idle_timeout: Duration::from_secs(60),
         shutdown_grace: Duration::ZERO,
     };
     let mut it = std::env::args().skip(1);
@@ -119,10 +124,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--server-key" => a.server_key = value()?,
             "--session-key" => a.session_key = value()?,
             "--ping-interval" => a.ping_interval = parse_secs(&value()?)?,
+            "--idle-timeout" => a.idle_timeout = parse_secs(&value()?)?,
             "--shutdown-grace" => a.shutdown_grace = parse_secs(&value()?)?,
             other => anyhow::bail!(
                 "unknown flag {other}\nusage: nakama-standin [--name N] [--listen ADDR] [--grpc ADDR] [--server-key K] \
-                 [--session-key K] [--ping-interval SECS] [--shutdown-grace SECS]"
+                 [--session-key K] [--ping-interval SECS] [--idle-timeout SECS] [--shutdown-grace SECS]"
             ),
         }
     }
@@ -137,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
         server_key: args.server_key,
         session_key: args.session_key,
         ping_interval: args.ping_interval,
+        idle_timeout: args.idle_timeout,
         healthy: AtomicBool::new(true),
         websockets: AtomicI64::new(0),
         requests: AtomicU64::new(0),
@@ -208,9 +215,16 @@ async fn serve(listener: TcpListener, node: Arc<Node>) {
         tokio::spawn(async move {
             node.connections.fetch_add(1, Ordering::Relaxed);
             let counted = node.clone();
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // hyper's header deadline runs from the end of one answer to the next request's
+            // head: Nakama's idle timeout on a keep-alive connection.
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(node.idle_timeout);
             let service =
                 hyper::service::service_fn(move |req| handle(node.clone(), peer.ip(), req));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            let _ = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
             counted.connections.fetch_sub(1, Ordering::Relaxed);
