@@ -115,18 +115,29 @@ start edge any "$PGO_DIR/generate/release/nakama-edge" run -c "$work/edge.toml"
 edge=$started
 wait_ok https://127.0.0.1:18643/healthcheck
 
+# answered LOAD...: run a wrk or h2load load; every answer must be a 2xx, or the profile
+# would be of an error path.
+answered() {
+  local out
+  out=$("$@")
+  if grep -qE 'Non-2xx|[1-9][0-9]* [45]xx' <<<"$out"; then
+    echo "pgo-build: a training load got answers other than 2xx: $*" >&2
+    grep -E 'Non-2xx|status codes' <<<"$out" >&2
+    exit 1
+  fi
+}
 token=$("$BIN/edge-load" token)
 d=$SECONDS_EACH
-wrk -t1 -c32 -d"${d}s" http://127.0.0.1:18280/healthcheck >/dev/null
-wrk -t1 -c32 -d"${d}s" https://127.0.0.1:18643/healthcheck >/dev/null
-wrk -t1 -c32 -d"${d}s" -H "Authorization: Bearer $token" https://127.0.0.1:18643/v2/rpc/whoami >/dev/null
-h2load -c64 -m4 -t1 -D "$d" https://127.0.0.1:18643/healthcheck >/dev/null
+answered wrk -t1 -c32 -d"${d}s" http://127.0.0.1:18280/healthcheck
+answered wrk -t1 -c32 -d"${d}s" https://127.0.0.1:18643/healthcheck
+answered wrk -t1 -c32 -d"${d}s" -H "Authorization: Bearer $token" https://127.0.0.1:18643/v2/rpc/whoami
+answered h2load -c64 -m4 -t1 -D "$d" https://127.0.0.1:18643/healthcheck
 printf '{"payload":"x"}' >"$work/rpc.json"
-h2load -c16 -m4 -t1 -D "$d" -H "authorization: Bearer $token" -d "$work/rpc.json" \
-  https://127.0.0.1:18643/v2/rpc/whoami >/dev/null
+answered h2load -c16 -m4 -t1 -D "$d" -H "authorization: Bearer $token" -d "$work/rpc.json" \
+  https://127.0.0.1:18643/v2/rpc/whoami
 printf '{"id":"pgo-training-device"}' >"$work/login.json"
-h2load -c8 -m1 -t1 -D "$d" -H "authorization: Basic ZGVmYXVsdGtleTo=" -d "$work/login.json" \
-  https://127.0.0.1:18643/v2/account/authenticate/device >/dev/null
+answered h2load -c8 -m1 -t1 -D "$d" -H "authorization: Basic ZGVmYXVsdGtleTo=" -d "$work/login.json" \
+  https://127.0.0.1:18643/v2/account/authenticate/device
 "$BIN/edge-load" handshakes --addr 127.0.0.1:18643 --seconds "$d" --concurrency 32 >/dev/null
 coproc ECHO { "$BIN/edge-load" ws-echo --url wss://127.0.0.1:18643/ws --count 200 --rate 20 \
   --bytes 64 --seconds "$d"; }
