@@ -11,7 +11,7 @@
 #   PROXIES="edge-cluster edge-shards" benches/side-by-side.sh    # routing modes, token-bearing requests
 #   FIGURES=keepalive ROUNDS=5 PROXIES="nakama-edge haproxy" benches/side-by-side.sh
 #                      # only the keep-alive figures (TCP, TLS, h2), about 2 minutes a round
-#   EDGE_BIN=target/pgo/release/nakama-edge benches/side-by-side.sh
+#   EDGE_BIN=/path/to/nakama-edge benches/side-by-side.sh
 #                      # the edge rows from that binary (an older build, say)
 #
 # Each proxy runs one worker pinned to CPU 0 (`taskset -c 0`); the load generators and the
