@@ -95,6 +95,7 @@ address = "127.0.0.1:$5"
 [rate_limit]
 requests_per_second = 10000000
 burst = 10000000
+auth_requests_per_minute = 10000000
 connections_per_ip = 10000000
 new_connections_per_second = 10000000
 [timeouts]
